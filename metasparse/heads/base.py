@@ -1,0 +1,78 @@
+"""The one interface every few-shot head implements (MetaOptNet-style, episodes batched)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+HeadStats = dict[str, float]
+
+
+def check_episode(query: Tensor, support: Tensor, support_labels: Tensor, n_way: int) -> None:
+    """Validate a batch of episodes at the edge of every head; raise ``ValueError`` naming the fix.
+
+    Expected shapes: ``query`` (tasks, n_query, d), ``support`` (tasks, n_support, d),
+    ``support_labels`` (tasks, n_support) integers in ``[0, n_way)``.
+    """
+    if support.dim() != 3 or query.dim() != 3:
+        raise ValueError(
+            "heads take query (tasks, n_query, d) and support (tasks, n_support, d); got "
+            f"query {tuple(query.shape)} and support {tuple(support.shape)} — flatten the "
+            "backbone features and add the task dimension"
+        )
+    if support.shape[0] != query.shape[0] or support.shape[2] != query.shape[2]:
+        raise ValueError(
+            f"query {tuple(query.shape)} and support {tuple(support.shape)} must agree on "
+            "tasks (dim 0) and feature size (dim 2)"
+        )
+    if support_labels.shape != support.shape[:2]:
+        raise ValueError(
+            f"support_labels must have shape (tasks, n_support) = {tuple(support.shape[:2])}, "
+            f"got {tuple(support_labels.shape)}"
+        )
+    if support_labels.dtype.is_floating_point or support_labels.dtype == torch.bool:
+        raise ValueError(f"support_labels must be an integer tensor, got {support_labels.dtype}")
+    if n_way < 2:
+        raise ValueError(f"n_way must be at least 2, got {n_way}")
+    if support_labels.numel() and (
+        int(support_labels.min()) < 0 or int(support_labels.max()) >= n_way
+    ):
+        raise ValueError(
+            f"support_labels must lie in [0, {n_way}) for n_way={n_way}; got values in "
+            f"[{int(support_labels.min())}, {int(support_labels.max())}]"
+        )
+    for name, t in (("support", support), ("query", query)):
+        if not torch.isfinite(t).all():
+            raise ValueError(
+                f"{name} features contain NaN or Inf; check the backbone output (a diverged "
+                "learning rate or corrupt input images are the usual causes)"
+            )
+
+
+class Head(nn.Module):
+    """Base class: fit a classifier on the support set, score the queries.
+
+    ``forward(query, support, support_labels, n_way)`` returns logits of shape
+    (tasks, n_query, n_way) and a dict of scalar statistics (floats, averaged over tasks)
+    that the training loop logs verbatim. Subclasses implement :meth:`fit_predict`.
+    """
+
+    def __init__(self, learn_scale: bool = True, init_scale: float = 1.0) -> None:
+        super().__init__()
+        if learn_scale:
+            self.scale = nn.Parameter(torch.tensor(float(init_scale)))
+        else:
+            self.register_buffer("scale", torch.tensor(float(init_scale)))
+
+    def fit_predict(
+        self, query: Tensor, support: Tensor, support_labels: Tensor, n_way: int
+    ) -> tuple[Tensor, HeadStats]:
+        """Return unscaled logits (tasks, n_query, n_way) and statistics."""
+        raise NotImplementedError
+
+    def forward(
+        self, query: Tensor, support: Tensor, support_labels: Tensor, n_way: int
+    ) -> tuple[Tensor, HeadStats]:
+        check_episode(query, support, support_labels, n_way)
+        logits, stats = self.fit_predict(query, support, support_labels.long(), n_way)
+        return logits * self.scale, stats
