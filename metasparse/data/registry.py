@@ -1,4 +1,4 @@
-"""Name → dataset builder. Builders are imported lazily so a missing optional reader costs nothing."""
+"""Name → dataset builder, imported lazily so an unused reader costs nothing."""
 
 from __future__ import annotations
 

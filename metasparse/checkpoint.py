@@ -1,0 +1,53 @@
+"""Checkpoints: plain tensors and Python values only, written atomically, read with weights_only."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from metasparse.config import Config, from_dict
+from metasparse.model import FewShotModel
+from metasparse.utils import atomic_torch_save
+
+FORMAT = "metasparse-checkpoint-v1"
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    """Write a checkpoint dict atomically (a kill mid-write leaves the previous file intact)."""
+    atomic_torch_save({"format": FORMAT, **state}, path)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True``; raise ValueError when it is not one of ours."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"checkpoint {p} not found; training writes <run_dir>/checkpoints/best.pt and last.pt"
+        )
+    try:
+        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+        reason = (str(exc).splitlines() or [""])[0][:200]
+        raise ValueError(
+            f"checkpoint {p} is unreadable ({type(exc).__name__}: {reason});"
+            " it may be truncated or not a metasparse checkpoint — use best.pt/last.pt of a run"
+        ) from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ValueError(
+            f"{p} is a torch file but not a metasparse checkpoint (expected format {FORMAT!r})"
+        )
+    return ckpt
+
+
+def model_from_checkpoint(
+    ckpt: dict[str, Any], device: torch.device | str = "cpu"
+) -> tuple[FewShotModel, Config]:
+    """Rebuild the model and its config from a loaded checkpoint (eval mode)."""
+    cfg = from_dict(ckpt["config"])
+    model = FewShotModel.from_config(cfg.model, in_channels=int(ckpt["in_channels"]))
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), cfg

@@ -1,0 +1,201 @@
+"""Experiment configuration: typed dataclasses, YAML files and ``key=value`` overrides.
+
+Every key is checked: an unknown one is an error naming the closest valid key, so a typo never
+silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class DataConfig:
+    """Which dataset, where it lives, and how its episodes are loaded."""
+
+    name: str = "glyphs"
+    root: str | None = None  # relative roots are taken under $METASPARSE_DATA when set
+    options: dict[str, Any] = field(default_factory=dict)  # builder-specific (e.g. split_scheme)
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    augment: bool = True
+    num_workers: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """Backbone and head, each by registry name with its constructor options."""
+
+    backbone: str = "conv4"
+    backbone_options: dict[str, Any] = field(default_factory=dict)
+    head: str = "proto"
+    head_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    """Meta-training episodes and optimizer (defaults: MetaOptNet's miniImageNet recipe)."""
+
+    way: int = 5
+    shot: int = 15
+    query: int = 6
+    episodes_per_batch: int = 8
+    batches_per_epoch: int = 1000
+    epochs: int = 60
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    # [epoch, factor] pairs: from that (0-based) epoch on, lr = base lr × factor
+    lr_schedule: list[list[float]] = field(
+        default_factory=lambda: [[20, 0.06], [40, 0.012], [50, 0.0024]]
+    )
+    label_smoothing: float = 0.0
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    checkpoint_every: int = 0  # extra mid-epoch checkpoints every N steps (0: epoch ends only)
+    log_every: int = 10
+
+
+@dataclass
+class EvalConfig:
+    """Fixed, seeded validation episodes evaluated after every epoch."""
+
+    way: int = 5
+    shot: int = 5
+    query: int = 15
+    episodes: int = 500
+    episodes_per_batch: int = 8
+    seed: int = 1234
+
+
+@dataclass
+class Config:
+    """A whole experiment."""
+
+    name: str = "experiment"
+    output_dir: str = "runs/{name}"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    val: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        """The output folder, with ``{name}`` substituted."""
+        return Path(self.output_dir.format(name=self.name))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (YAML/JSON/checkpoint friendly)."""
+        return dataclasses.asdict(self)
+
+
+def _unknown_key(key: str, valid: list[str], where: str) -> ValueError:
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" — did you mean {close[0]!r}?" if close else ""
+    return ValueError(
+        f"unknown config key '{where}{key}'{hint} (valid keys: {', '.join(sorted(valid))})"
+    )
+
+
+def _coerce(value: Any, current: Any, key: str) -> Any:
+    """Check a value against the type of the default it replaces (ints accepted for floats)."""
+    if current is None or value is None or isinstance(current, dict):
+        return value
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"config key {key!r} must be true or false, got {value!r}")
+        return value
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(current, int) and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if not isinstance(value, type(current)):
+        raise ValueError(
+            f"config key {key!r} expects {type(current).__name__}, got {value!r} "
+            f"({type(value).__name__})"
+        )
+    return value
+
+
+def _merge(obj: Any, updates: dict[str, Any], prefix: str = "") -> None:
+    valid = [f.name for f in dataclasses.fields(obj)]
+    for key, value in updates.items():
+        if key not in valid:
+            raise _unknown_key(key, valid, prefix)
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ValueError(f"config section {prefix}{key!r} must be a mapping, got {value!r}")
+            _merge(current, value, f"{prefix}{key}.")
+        else:
+            setattr(obj, key, _coerce(value, current, prefix + key))
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """Build a :class:`Config` from a nested dict, rejecting unknown keys."""
+    cfg = Config()
+    _merge(cfg, data or {})
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the defaults) and apply ``section.key=value`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"config file {p} not found; see the configs/ folder")
+        loaded = yaml.safe_load(p.read_text())
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ValueError(f"config file {p} must hold a mapping at the top level")
+        data = loaded or {}
+    cfg = from_dict(data)
+    for item in overrides or []:
+        apply_override(cfg, item)
+    return cfg
+
+
+def apply_override(cfg: Config, item: str) -> None:
+    """Apply one ``a.b.c=value`` override (value parsed as YAML: numbers, lists, booleans)."""
+    if "=" not in item:
+        raise ValueError(
+            f"override {item!r} must look like section.key=value (e.g. train.epochs=5)"
+        )
+    dotted, raw = item.split("=", 1)
+    value = yaml.safe_load(raw) if raw != "" else None
+    parts = dotted.strip().split(".")
+    node: Any = cfg
+    for depth, part in enumerate(parts):
+        prefix = ".".join(parts[:depth]) + ("." if depth else "")
+        last = depth == len(parts) - 1
+        if isinstance(node, dict):  # free-form option dicts (head_options.lam_ratio=0.1)
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+            continue
+        valid = [f.name for f in dataclasses.fields(node)]
+        if part not in valid:
+            raise _unknown_key(part, valid, prefix)
+        if last:
+            current = getattr(node, part)
+            if dataclasses.is_dataclass(current):
+                raise ValueError(f"{dotted!r} is a section; override one of its keys")
+            setattr(node, part, _coerce(value, current, dotted))
+        else:
+            node = getattr(node, part)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    from metasparse.utils import atomic_write_bytes
+
+    atomic_write_bytes(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())

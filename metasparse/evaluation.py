@@ -1,0 +1,216 @@
+"""Meta-testing: accuracy ± 95% CI on fixed, seeded episodes; the Omniglot 20-run challenge."""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from metasparse.checkpoint import load_checkpoint, model_from_checkpoint
+from metasparse.data import FewShotDataset, build_dataset
+from metasparse.model import FewShotModel, _build, resolve_device
+from metasparse.utils import atomic_write_json, mean_ci95
+
+
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def evaluate(
+    model: FewShotModel,
+    dataset: FewShotDataset,
+    way: int,
+    shot: int,
+    query: int,
+    episodes: int,
+    seed: int,
+    episodes_per_batch: int = 8,
+    device: torch.device | str = "cpu",
+    num_workers: int = 0,
+    progress: bool = False,
+    desc: str = "eval",
+) -> dict[str, Any]:
+    """Mean query accuracy (percent) ± 95% CI over ``episodes`` fixed episodes, plus head stats.
+
+    The episodes are a pure function of ``seed``: two models evaluated with the same arguments see
+    identical tasks.
+    """
+    from metasparse.data.episodes import episode_loader
+
+    device = torch.device(device)
+    num_batches = -(-episodes // episodes_per_batch)
+    loader = episode_loader(
+        dataset,
+        way,
+        shot,
+        query,
+        episodes_per_batch,
+        num_batches,
+        seed=seed,
+        epoch=0,
+        num_workers=num_workers,
+    )
+    was_training = model.training
+    model.eval()
+    accs: list[np.ndarray] = []
+    stats_sum: dict[str, float] = defaultdict(float)
+    n_batches = 0
+    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False, unit="batch"):
+        batch = _to_device(batch, device)
+        logits, stats = model(batch["support"], batch["support_labels"], batch["query"], way)
+        correct = (logits.argmax(-1) == batch["query_labels"]).float().mean(-1)
+        accs.append(correct.cpu().numpy())
+        for key, value in stats.items():
+            stats_sum[key] += float(value)
+        n_batches += 1
+    model.train(was_training)
+    per_episode = np.concatenate(accs)[:episodes] * 100.0
+    mean, ci = mean_ci95(per_episode)
+    result: dict[str, Any] = {"accuracy": mean, "ci95": ci, "episodes": int(per_episode.size)}
+    result["head_stats"] = {k: v / max(n_batches, 1) for k, v in stats_sum.items()}
+    return result
+
+
+def _parse_options(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"head option {item!r} must look like key=value (e.g. lam_ratio=0.1)")
+        key, raw = item.split("=", 1)
+        out[key] = yaml.safe_load(raw)
+    return out
+
+
+def run_test(args: argparse.Namespace) -> int:
+    """``metasparse test``: evaluate one checkpoint over several (way, shot) settings."""
+    from metasparse.heads import build_head
+
+    device = resolve_device(args.device)
+    ckpt = load_checkpoint(args.checkpoint, map_location=device)
+    model, cfg = model_from_checkpoint(ckpt, device)
+    head_name = cfg.model.head
+    if args.head:
+        head_name = args.head
+        model.head = _build("head", build_head, args.head, _parse_options(args.head_option)).to(
+            device
+        )
+    root = args.data_root if args.data_root is not None else cfg.data.root
+    split = args.split or cfg.data.test_split
+    dataset = build_dataset(cfg.data.name, split, root=root, augment=False, **cfg.data.options)
+    results = []
+    for way in args.way:
+        for shot in args.shot:
+            r = evaluate(
+                model,
+                dataset,
+                way,
+                shot,
+                args.query,
+                args.episodes,
+                seed=args.seed,
+                episodes_per_batch=args.episodes_per_batch,
+                device=device,
+                num_workers=args.num_workers,
+                progress=not args.no_progress,
+                desc=f"{way}-way {shot}-shot",
+            )
+            results.append(
+                {
+                    "way": way,
+                    "shot": shot,
+                    "query": args.query,
+                    "episodes": r["episodes"],
+                    "accuracy": r["accuracy"],
+                    "ci95": r["ci95"],
+                    "head": head_name,
+                    "dataset": cfg.data.name,
+                    "split": split,
+                    "seed": args.seed,
+                    "checkpoint": str(args.checkpoint),
+                    "head_stats": r["head_stats"],
+                }
+            )
+    print(f"{'way':>4} {'shot':>4} {'episodes':>8}  {'accuracy (%)':>16}  head")
+    for r in results:
+        print(
+            f"{r['way']:>4} {r['shot']:>4} {r['episodes']:>8}  "
+            f"{r['accuracy']:>7.2f} ± {r['ci95']:<6.2f}  {r['head']}"
+        )
+    if args.output:
+        atomic_write_json(args.output, results)
+        print(f"wrote {args.output}")
+    return 0
+
+
+@torch.no_grad()
+def omniglot_runs_error(model: FewShotModel, runs: list[Any], device: torch.device) -> list[float]:
+    """Error rate (percent) of each 20-way one-shot run: each training image is its own class."""
+    model.eval()
+    errors = []
+    for run in runs:
+        support = run.support.unsqueeze(0).to(device)
+        query = run.query.unsqueeze(0).to(device)
+        n_way = support.shape[1]
+        labels = torch.arange(n_way, device=device).unsqueeze(0)
+        logits, _ = model(support, labels, query, n_way)
+        pred = logits.argmax(-1).squeeze(0).cpu()
+        errors.append(float((pred != run.query_labels).float().mean()) * 100.0)
+    return errors
+
+
+def run_omniglot_runs(args: argparse.Namespace) -> int:
+    """``metasparse omniglot-runs``: error rate on the official 20-run one-shot layout."""
+    from metasparse.data.omniglot_runs import read_runs
+
+    device = resolve_device(args.device)
+    ckpt = load_checkpoint(args.checkpoint, map_location=device)
+    model, cfg = model_from_checkpoint(ckpt, device)
+    image_size = int(cfg.data.options.get("image_size", 28))
+    runs = read_runs(args.runs_dir, image_size=image_size)
+    errors = omniglot_runs_error(model, runs, device)
+    out = {
+        "error_rate": float(np.mean(errors)),
+        "per_run": [{"run": r.name, "error_rate": e} for r, e in zip(runs, errors, strict=True)],
+        "runs": len(runs),
+        "head": cfg.model.head,
+        "checkpoint": str(args.checkpoint),
+    }
+    print(f"Omniglot one-shot runs: error rate {out['error_rate']:.2f}% over {len(runs)} runs")
+    if args.output:
+        atomic_write_json(args.output, out)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def add_parser(sub: Any) -> None:
+    """Register ``test`` and ``omniglot-runs``."""
+    p = sub.add_parser("test", help="meta-test a checkpoint: accuracy ± 95% CI per (way, shot)")
+    p.add_argument("--checkpoint", required=True, help="best.pt or last.pt of a training run")
+    p.add_argument("--way", type=int, nargs="+", default=[5])
+    p.add_argument("--shot", type=int, nargs="+", default=[1, 5])
+    p.add_argument("--query", type=int, default=15)
+    p.add_argument("--episodes", type=int, default=1000)
+    p.add_argument("--episodes-per-batch", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0, help="seed of the fixed test episodes")
+    p.add_argument("--split", default=None, help="dataset split (default: the config's test split)")
+    p.add_argument("--data-root", default=None, help="override the dataset root of the config")
+    p.add_argument("--head", default=None, help="evaluate with another head than the trained one")
+    p.add_argument("--head-option", nargs="*", default=[], metavar="KEY=VALUE")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--output", default=None, help="write the results as JSON here")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_test)
+
+    q = sub.add_parser("omniglot-runs", help="error rate on the Omniglot 20-run one-shot challenge")
+    q.add_argument("--checkpoint", required=True)
+    q.add_argument("--runs-dir", required=True, help="folder holding run01 … run20")
+    q.add_argument("--output", default=None)
+    q.add_argument("--device", default="auto")
+    q.set_defaults(func=run_omniglot_runs)

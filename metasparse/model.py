@@ -1,0 +1,63 @@
+"""A few-shot model = backbone (images → features) + head (support/query features → logits)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from metasparse.backbones import build_backbone
+from metasparse.heads import Head, build_head
+from metasparse.heads.base import HeadStats
+
+
+def _build(kind: str, builder: Any, name: str, options: dict[str, Any]) -> Any:
+    try:
+        return builder(name, **options)
+    except TypeError as exc:  # unexpected keyword → name the offending option
+        raise ValueError(f"bad {kind} option for {name!r}: {exc}") from exc
+
+
+class FewShotModel(nn.Module):
+    """Embeds support and query images in one backbone pass, then lets the head classify."""
+
+    def __init__(self, backbone: nn.Module, head: Head) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    @classmethod
+    def from_config(cls, model_cfg: Any, in_channels: int) -> FewShotModel:
+        """Build from a :class:`metasparse.config.ModelConfig`."""
+        backbone_options = {"in_channels": in_channels, **model_cfg.backbone_options}
+        backbone = _build("backbone", build_backbone, model_cfg.backbone, backbone_options)
+        head = _build("head", build_head, model_cfg.head, dict(model_cfg.head_options))
+        return cls(backbone, head)
+
+    def embed(self, support: Tensor, query: Tensor) -> tuple[Tensor, Tensor]:
+        """(tasks, n, C, H, W) images → (tasks, n, d) features, support and query together."""
+        tasks, n_s = support.shape[:2]
+        n_q = query.shape[1]
+        images = torch.cat([support.flatten(0, 1), query.flatten(0, 1)])
+        feats = self.backbone(images).flatten(1)
+        f_s = feats[: tasks * n_s].reshape(tasks, n_s, -1)
+        f_q = feats[tasks * n_s :].reshape(tasks, n_q, -1)
+        return f_s, f_q
+
+    def forward(
+        self, support: Tensor, support_labels: Tensor, query: Tensor, n_way: int
+    ) -> tuple[Tensor, HeadStats]:
+        """Logits (tasks, n_query, n_way) and the head's statistics."""
+        f_s, f_q = self.embed(support, query)
+        return self.head(f_q, f_s, support_labels, n_way)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; anything else is passed to ``torch.device``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available; use device=cpu")
+    return device
