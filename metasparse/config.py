@@ -146,17 +146,36 @@ def from_dict(data: dict[str, Any]) -> Config:
     return cfg
 
 
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a config file; a top-level ``base: other.yaml`` (relative to it) lies underneath."""
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} not found; see the configs/ folder")
+    if path.resolve() in seen:
+        raise ValueError(f"config {path} includes itself through 'base'")
+    loaded = yaml.safe_load(path.read_text())
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ValueError(f"config file {path} must hold a mapping at the top level")
+    data = dict(loaded or {})
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    parent = _read_yaml(path.parent / str(base), (*seen, path.resolve()))
+    return _deep_merge(parent, data)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Load a YAML config (or the defaults) and apply ``section.key=value`` overrides."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"config file {p} not found; see the configs/ folder")
-        loaded = yaml.safe_load(p.read_text())
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ValueError(f"config file {p} must hold a mapping at the top level")
-        data = loaded or {}
+    data = _read_yaml(Path(path)) if path is not None else {}
     cfg = from_dict(data)
     for item in overrides or []:
         apply_override(cfg, item)

@@ -1,0 +1,386 @@
+"""Meta-training: episodes → backbone → head → query loss, with exact resume and logging.
+
+The meta-gradient is computed in :meth:`Trainer.step`: the query loss is back-propagated through
+the head (implicitly differentiated where the head is an optimization problem) into the support
+and query features, then through the backbone. The two halves are timed separately.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+
+from metasparse.checkpoint import load_checkpoint, save_checkpoint
+from metasparse.config import Config, load_config, save_config
+from metasparse.data import FewShotDataset, build_dataset
+from metasparse.evaluation import evaluate
+from metasparse.model import FewShotModel, resolve_device
+from metasparse.utils import atomic_write_json, seed_everything
+
+
+def lr_factor(schedule: list[list[float]], epoch: int) -> float:
+    """Multiplier of the base learning rate at (0-based) ``epoch`` for a step schedule."""
+    factor = 1.0
+    for start, value in sorted(schedule, key=lambda item: item[0]):
+        if epoch >= start:
+            factor = float(value)
+    return factor
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict) and key not in ("options",):
+            keys += _config_diff(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            keys.append(prefix + key)
+    return keys
+
+
+# Keys a resumed run may change: how long to train, and where/how to log.
+_RESUMABLE_CHANGES = {
+    "train.epochs",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.device",
+    "data.num_workers",
+    "data.root",
+}
+
+
+class Trainer:
+    """Owns the model, optimizer, data and output folder of one meta-training run."""
+
+    def __init__(self, cfg: Config, resume: bool = False, progress: bool = True) -> None:
+        self.cfg = cfg
+        self.progress = progress
+        self.run_dir = cfg.run_dir
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.device = resolve_device(cfg.train.device)
+        t = cfg.train
+        for key in ("way", "shot", "query", "episodes_per_batch", "batches_per_epoch", "epochs"):
+            if getattr(t, key) <= 0:
+                raise ValueError(f"train.{key} must be positive, got {getattr(t, key)}")
+
+        seed_everything(t.seed)
+        data = cfg.data
+        self.train_set = self._dataset(data.train_split, augment=data.augment)
+        self.val_set = self._dataset(data.val_split, augment=False)
+        in_channels = int(self.train_set[0][0].shape[0])
+        self.in_channels = in_channels
+        self.model = FewShotModel.from_config(cfg.model, in_channels).to(self.device)
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(),
+            lr=t.lr,
+            momentum=t.momentum,
+            nesterov=t.nesterov,
+            weight_decay=t.weight_decay,
+        )
+        self.epoch = 0  # epoch in progress
+        self.step_in_epoch = 0  # batches of that epoch already done
+        self.global_step = 0
+        self.best_val = -1.0
+        self.best_epoch = -1
+        self.history: list[dict[str, Any]] = []
+        last = self.ckpt_dir / "last.pt"
+        if resume:
+            if not last.is_file():
+                raise FileNotFoundError(
+                    f"--resume given but {last} does not exist; start the run without --resume"
+                )
+            self._restore(load_checkpoint(last, map_location=self.device))
+        elif last.is_file():
+            raise ValueError(
+                f"{self.run_dir} already holds a run (checkpoints/last.pt); pass --resume to "
+                "continue it, or choose another name/output_dir"
+            )
+
+    def _dataset(self, split: str, augment: bool) -> FewShotDataset:
+        d = self.cfg.data
+        return build_dataset(d.name, split, root=d.root, augment=augment, **d.options)
+
+    # ----------------------------------------------------------------- checkpoints
+    def _state(self) -> dict[str, Any]:
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "config": self.cfg.to_dict(),
+            "in_channels": self.in_channels,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "best_val": self.best_val,
+            "best_epoch": self.best_epoch,
+            "history": self.history,
+            "rng": rng,
+        }
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        changed = [
+            k
+            for k in _config_diff(ckpt["config"], self.cfg.to_dict())
+            if k not in _RESUMABLE_CHANGES
+        ]
+        if changed:
+            raise ValueError(
+                "cannot resume: the config differs from the checkpoint's in "
+                f"{', '.join(changed)} (only {', '.join(sorted(_RESUMABLE_CHANGES))} may change)"
+            )
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.epoch, self.step_in_epoch = int(ckpt["epoch"]), int(ckpt["step_in_epoch"])
+        self.global_step = int(ckpt["global_step"])
+        self.best_val, self.best_epoch = float(ckpt["best_val"]), int(ckpt["best_epoch"])
+        self.history = list(ckpt["history"])
+        torch.set_rng_state(ckpt["rng"]["torch"].cpu())
+        if "cuda" in ckpt["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["rng"]["cuda"]])
+
+    def save(self, name: str) -> None:
+        """Atomically write ``checkpoints/<name>.pt``."""
+        save_checkpoint(self._state(), self.ckpt_dir / f"{name}.pt")
+
+    # ----------------------------------------------------------------- one step
+    def step(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, float], dict[str, float]]:
+        """One meta-gradient step on a batch of episodes; returns (metrics, seconds per phase)."""
+        way, dev, times = self.cfg.train.way, self.device, {}
+        batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+
+        t0 = time.perf_counter()
+        f_s, f_q = self.model.embed(batch["support"], batch["query"])
+        _sync(dev)
+        t1 = time.perf_counter()
+        # Cut the graph at the features so head and backbone backward passes are timed apart.
+        h_s = f_s.detach().requires_grad_(True)
+        h_q = f_q.detach().requires_grad_(True)
+        logits, stats = self.model.head(h_q, h_s, batch["support_labels"], way)
+        loss = F.cross_entropy(
+            logits.reshape(-1, way),
+            batch["query_labels"].reshape(-1),
+            label_smoothing=self.cfg.train.label_smoothing,
+        )
+        loss.backward()  # meta-gradient through the head → features (and head parameters)
+        _sync(dev)
+        t2 = time.perf_counter()
+        torch.autograd.backward([f_s, f_q], [h_s.grad, h_q.grad])  # … → backbone parameters
+        self.optimizer.step()
+        _sync(dev)
+        t3 = time.perf_counter()
+        times = {"head": t2 - t1, "backbone": (t1 - t0) + (t3 - t2)}
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss became {loss.item()} at step {self.global_step}; lower train.lr "
+                "or check the head's options"
+            )
+        acc = (logits.argmax(-1) == batch["query_labels"]).float().mean().item() * 100.0
+        metrics = {"loss": loss.item(), "accuracy": acc, **{k: float(v) for k, v in stats.items()}}
+        return metrics, times
+
+    # ----------------------------------------------------------------- the loop
+    def validate(self) -> dict[str, Any]:
+        """Accuracy ± CI on the fixed validation episodes."""
+        v = self.cfg.val
+        return evaluate(
+            self.model,
+            self.val_set,
+            v.way,
+            v.shot,
+            v.query,
+            v.episodes,
+            seed=v.seed,
+            episodes_per_batch=v.episodes_per_batch,
+            device=self.device,
+            num_workers=self.cfg.data.num_workers,
+        )
+
+    def fit(self, max_steps: int | None = None) -> dict[str, Any]:
+        """Train until ``train.epochs`` (or ``max_steps`` more steps, to simulate a stop)."""
+        from metasparse.data.episodes import episode_loader
+
+        cfg, t = self.cfg, self.cfg.train
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.run_dir / "config.yaml")
+        writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.global_step)
+        total = t.epochs * t.batches_per_epoch
+        bar = tqdm(
+            total=total,
+            initial=self.global_step,
+            disable=not self.progress,
+            unit="step",
+            dynamic_ncols=True,
+            desc=cfg.name,
+            mininterval=1.0,
+        )
+        steps_done = 0
+        window: dict[str, list[float]] = defaultdict(list)
+        try:
+            while self.epoch < t.epochs:
+                lr = t.lr * lr_factor(t.lr_schedule, self.epoch)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                loader = episode_loader(
+                    self.train_set,
+                    t.way,
+                    t.shot,
+                    t.query,
+                    t.episodes_per_batch,
+                    t.batches_per_epoch,
+                    seed=t.seed,
+                    epoch=self.epoch,
+                    num_workers=cfg.data.num_workers,
+                    start_batch=self.step_in_epoch,
+                    pin_memory=self.device.type == "cuda",
+                )
+                t_data = time.perf_counter()
+                for batch in loader:
+                    data_time = time.perf_counter() - t_data
+                    metrics, times = self.step(batch)
+                    self.step_in_epoch += 1
+                    self.global_step += 1
+                    steps_done += 1
+                    for key, value in {
+                        **metrics,
+                        **{f"time/{k}": v for k, v in times.items()},
+                        "time/data": data_time,
+                    }.items():
+                        window[key].append(value)
+                    if self.global_step % t.log_every == 0:
+                        self._log(writer, window, lr)
+                        bar.set_postfix(
+                            loss=f"{metrics['loss']:.3f}",
+                            acc=f"{metrics['accuracy']:.1f}",
+                            refresh=False,
+                        )
+                    bar.update(1)
+                    if t.checkpoint_every and self.global_step % t.checkpoint_every == 0:
+                        self.save("last")
+                    if max_steps is not None and steps_done >= max_steps:
+                        self.save("last")
+                        return self.summary(stopped=True)
+                    t_data = time.perf_counter()
+                self._end_epoch(writer, lr)
+        finally:
+            bar.close()
+            writer.close()
+        return self.summary(stopped=False)
+
+    def _log(self, writer: SummaryWriter, window: dict[str, list[float]], lr: float) -> None:
+        for key, values in window.items():
+            tag = (
+                key
+                if key.startswith("time/")
+                else (f"train/{key}" if key in ("loss", "accuracy") else f"head/{key}")
+            )
+            writer.add_scalar(tag, sum(values) / len(values), self.global_step)
+        writer.add_scalar("train/lr", lr, self.global_step)
+        window.clear()
+
+    def _end_epoch(self, writer: SummaryWriter, lr: float) -> None:
+        val = self.validate()
+        writer.add_scalar("val/accuracy", val["accuracy"], self.global_step)
+        writer.add_scalar("val/ci95", val["ci95"], self.global_step)
+        for key, value in val["head_stats"].items():
+            writer.add_scalar(f"val_head/{key}", value, self.global_step)
+        record = {
+            "epoch": self.epoch,
+            "step": self.global_step,
+            "lr": lr,
+            "val_accuracy": val["accuracy"],
+            "val_ci95": val["ci95"],
+            "val_head_stats": val["head_stats"],
+        }
+        self.history.append(record)
+        improved = val["accuracy"] > self.best_val
+        if improved:
+            self.best_val, self.best_epoch = val["accuracy"], self.epoch
+        if self.progress:
+            tqdm.write(
+                f"epoch {self.epoch + 1}/{self.cfg.train.epochs}: val {val['accuracy']:.2f} ± "
+                f"{val['ci95']:.2f}%" + (" (best)" if improved else "")
+            )
+        self.epoch += 1
+        self.step_in_epoch = 0
+        if improved:
+            self.save("best")
+        self.save("last")
+        atomic_write_json(self.run_dir / "history.json", self.history)
+
+    def summary(self, stopped: bool) -> dict[str, Any]:
+        """What the run has reached so far (also what ``metasparse train`` prints)."""
+        return {
+            "run_dir": str(self.run_dir),
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "best_val_accuracy": self.best_val,
+            "best_epoch": self.best_epoch,
+            "stopped_early": stopped,
+            "history": self.history,
+        }
+
+
+def train(
+    cfg: Config, resume: bool = False, progress: bool = True, max_steps: int | None = None
+) -> dict[str, Any]:
+    """Meta-train according to ``cfg``; returns the run summary."""
+    return Trainer(cfg, resume=resume, progress=progress).fit(max_steps=max_steps)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """``metasparse train``."""
+    cfg = load_config(args.config, args.overrides)
+    summary = train(
+        cfg, resume=args.resume, progress=not args.no_progress, max_steps=args.max_steps
+    )
+    best = summary["best_val_accuracy"]
+    print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
+    if best >= 0:
+        print(
+            f"best validation accuracy {best:.2f}% at epoch {summary['best_epoch'] + 1}; "
+            f"checkpoints in {Path(summary['run_dir']) / 'checkpoints'}"
+        )
+    return 0
+
+
+def add_parser(sub: Any) -> None:
+    """Register ``train``."""
+    p = sub.add_parser("train", help="meta-train a backbone and head on few-shot episodes")
+    p.add_argument("--config", default=None, help="YAML file (see configs/); defaults otherwise")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="config overrides, e.g. train.epochs=5 model.head=svm_cs",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in output_dir from checkpoints/last.pt",
+    )
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help="stop (with a checkpoint) after this many steps of this invocation",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_train)
