@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def shared_data_root() -> Path:
-    """Where the real data lives: ``$METASPARSE_SHARED_DATA`` or ``../shared/data`` next to the repo."""
+    """The real-data root: ``$METASPARSE_SHARED_DATA``, else ``../shared/data`` beside the repo."""
     return Path(os.environ.get("METASPARSE_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
