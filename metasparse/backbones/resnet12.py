@@ -87,6 +87,8 @@ class ResNet12(nn.Module):
             raise ValueError(f"widths must be >= 2 positive integers, got {widths!r}")
         if int(in_channels) != in_channels or in_channels < 1:
             raise ValueError(f"in_channels must be a positive integer, got {in_channels!r}")
+        if not 0.0 <= drop_rate < 1.0:
+            raise ValueError(f"drop_rate must lie in [0, 1), got {drop_rate!r}")
         dropout = drop_rate if dropout is None else dropout
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")

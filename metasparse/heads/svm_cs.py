@@ -110,7 +110,9 @@ class SVMCSHead(Head):
     Statistics (averaged over tasks): ``support_acc``, ``qp_rel_gap`` (certified relative
     duality gap), ``qp_eq_resid``, ``qp_ineq_viol`` (see :func:`crammer_singer_certificate`)
     and ``qp_nonfinite`` (fraction of tasks whose solution has NaN/Inf). qpth's warnings are
-    silenced; these numbers replace them.
+    silenced; these numbers replace them. On CPU, qpth's batched LU breaks after
+    ``torch.set_num_threads(n > 1)`` (a PyTorch bug): run single-threaded; the head then raises
+    a ``RuntimeError`` that says so instead of qpth's pivot error.
     """
 
     def __init__(
@@ -154,7 +156,16 @@ class SVMCSHead(Head):
         solver = QPFunction(
             eps=self.eps, verbose=-1, notImprovedLim=self.not_improved_lim, maxIter=self.max_iter
         )
-        alpha = solver(Q, p, G, h, A, b)
+        try:
+            alpha = solver(Q, p, G, h, A, b)
+        except RuntimeError as exc:
+            if "pivots" in str(exc).lower() and not x.is_cuda:
+                raise RuntimeError(
+                    "qpth's batched LU factorisation returned invalid pivots: a known PyTorch "
+                    "CPU bug after torch.set_num_threads(n > 1) in this process; call "
+                    "torch.set_num_threads(1) before using the SVM-CS head on CPU"
+                ) from exc
+            raise
         return alpha.reshape(onehot.shape)
 
     def fit_predict(
