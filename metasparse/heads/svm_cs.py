@@ -70,7 +70,8 @@ def crammer_singer_certificate(
     ``rel_gap`` is ``(P(W) + D(β̃)) / |P(W)|`` for ``W = Xᵀα`` (the classifier used) and the
     feasible dual point ``β̃ = proj_Δ(Y − α/C)``: an upper bound on W's relative
     suboptimality in the smoothed-hinge primal of docs/method.md (τ = jitter·C, λ2 = 1/C).
-    ``eq_resid`` and ``ineq_viol`` are the largest violations of the QP's constraints, over C.
+    ``eq_resid`` and ``ineq_viol`` are the largest violations of the QP's constraints, over C;
+    ``primal`` is P(W) and ``dual`` is −D(β̃), a lower bound on the optimal primal value.
     """
     gram, onehot, alpha = gram.double(), onehot.double(), alpha.double()
     tau, lam2 = jitter * C_reg, 1.0 / C_reg
@@ -92,6 +93,8 @@ def crammer_singer_certificate(
         "rel_gap": (primal + dual) / primal.abs().clamp_min(1e-12),
         "eq_resid": alpha.sum(-1).abs().amax(-1) / C_reg,
         "ineq_viol": (alpha - C_reg * onehot).clamp_min(0.0).amax(dim=(1, 2)) / C_reg,
+        "primal": primal,
+        "dual": -dual,
     }
 
 
