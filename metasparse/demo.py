@@ -22,7 +22,7 @@ DEMO_HEADS = ("proto", "svm_cs", "group_sparse_svm")
 _HEAD_OPTIONS: dict[str, dict[str, Any]] = {
     "proto": {},
     "ridge": {"lam": 50.0},
-    "svm_cs": {"C_reg": 0.1, "max_iter": 3},
+    "svm_cs": {"C_reg": 0.1, "max_iter": 15},
     "group_sparse_svm": {"lam_ratio": 0.01},
 }
 

@@ -233,6 +233,8 @@ class Trainer:
         )
         steps_done = 0
         window: dict[str, list[float]] = defaultdict(list)
+        self._epoch_sums: dict[str, float] = defaultdict(float)
+        self._epoch_count = 0
         try:
             while self.epoch < t.epochs:
                 lr = t.lr * lr_factor(t.lr_schedule, self.epoch)
@@ -258,12 +260,12 @@ class Trainer:
                     self.step_in_epoch += 1
                     self.global_step += 1
                     steps_done += 1
-                    for key, value in {
-                        **metrics,
-                        **{f"time/{k}": v for k, v in times.items()},
-                        "time/data": data_time,
-                    }.items():
+                    record = {**metrics, **{f"time/{k}": v for k, v in times.items()}}
+                    record["time/data"] = data_time
+                    for key, value in record.items():
                         window[key].append(value)
+                        self._epoch_sums[key] += value
+                    self._epoch_count += 1
                     if self.global_step % t.log_every == 0:
                         self._log(writer, window, lr)
                         bar.set_postfix(
@@ -301,7 +303,12 @@ class Trainer:
         writer.add_scalar("val/ci95", val["ci95"], self.global_step)
         for key, value in val["head_stats"].items():
             writer.add_scalar(f"val_head/{key}", value, self.global_step)
+        n = max(self._epoch_count, 1)  # means over the steps this process ran in the epoch
+        train_means = {k: v / n for k, v in self._epoch_sums.items()}
+        self._epoch_sums.clear()
+        self._epoch_count = 0
         record = {
+            "train_means": train_means,
             "epoch": self.epoch,
             "step": self.global_step,
             "lr": lr,
