@@ -190,7 +190,7 @@ def run_omniglot_runs(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> None:
     """Register ``test`` and ``omniglot-runs``."""
-    p = sub.add_parser("test", help="meta-test a checkpoint: accuracy ± 95% CI per (way, shot)")
+    p = sub.add_parser("test", help="meta-test a checkpoint: accuracy ± 95%% CI per (way, shot)")
     p.add_argument("--checkpoint", required=True, help="best.pt or last.pt of a training run")
     p.add_argument("--way", type=int, nargs="+", default=[5])
     p.add_argument("--shot", type=int, nargs="+", default=[1, 5])

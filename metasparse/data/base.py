@@ -77,6 +77,6 @@ class ArrayDataset(FewShotDataset):
         self.images = images
 
     def load_image(self, index: int) -> Tensor:
-        arr = np.asarray(self.images[index])
-        t = torch.from_numpy(np.ascontiguousarray(arr))
+        # copy: the array may be a read-only memmap, which torch must not alias
+        t = torch.from_numpy(np.array(self.images[index], copy=True))
         return t.unsqueeze(0) if t.dim() == 2 else t.permute(2, 0, 1)

@@ -1,0 +1,130 @@
+"""The meta-training loop on the built-in glyphs: learning, exact resume, checkpoints, logging."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from metasparse.checkpoint import load_checkpoint, model_from_checkpoint
+from metasparse.config import from_dict
+from metasparse.training import Trainer, lr_factor, train
+
+
+def tiny_config(tmp_path, name="run", head="proto", **train_overrides):
+    train_cfg = {
+        "way": 5,
+        "shot": 1,
+        "query": 3,
+        "episodes_per_batch": 2,
+        "batches_per_epoch": 4,
+        "epochs": 2,
+        "lr": 0.05,
+        "lr_schedule": [[1, 0.5]],
+        "log_every": 2,
+        "seed": 3,
+    }
+    train_cfg.update(train_overrides)
+    return from_dict(
+        {
+            "name": name,
+            "output_dir": str(tmp_path / name),
+            "data": {"name": "glyphs", "augment": False},
+            "model": {
+                "backbone": "conv4",
+                "backbone_options": {"hidden": 16, "out_channels": 16},
+                "head": head,
+            },
+            "train": train_cfg,
+            "val": {"way": 5, "shot": 1, "query": 3, "episodes": 8, "episodes_per_batch": 4},
+        }
+    )
+
+
+def test_lr_factor_steps():
+    sched = [[20, 0.06], [40, 0.012], [50, 0.0024]]
+    assert [lr_factor(sched, e) for e in (0, 19, 20, 39, 40, 50, 59)] == [
+        1.0,
+        1.0,
+        0.06,
+        0.06,
+        0.012,
+        0.0024,
+        0.0024,
+    ]
+
+
+def test_resume_after_kill_reproduces_uninterrupted_run(tmp_path):
+    full = train(tiny_config(tmp_path, "full"), progress=False)
+    # Stop mid-epoch 1 (as a kill right after a checkpoint would), then resume to the end.
+    cfg = tiny_config(tmp_path, "killed")
+    part = train(cfg, progress=False, max_steps=3)
+    assert part["stopped_early"] and part["global_step"] == 3 and part["epoch"] == 0
+    resumed = train(cfg, resume=True, progress=False)
+    assert resumed["global_step"] == full["global_step"] == 8
+    assert [h["val_accuracy"] for h in resumed["history"]] == [
+        h["val_accuracy"] for h in full["history"]
+    ]
+    a = load_checkpoint(tmp_path / "full/checkpoints/last.pt")["model"]
+    b = load_checkpoint(tmp_path / "killed/checkpoints/last.pt")["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_resume_needs_flag_and_same_config(tmp_path):
+    cfg = tiny_config(tmp_path, "r", epochs=1)
+    train(cfg, progress=False)
+    with pytest.raises(ValueError, match="pass --resume"):
+        Trainer(cfg)
+    changed = tiny_config(tmp_path, "r", epochs=2, lr=0.2)
+    with pytest.raises(ValueError, match=r"train\.lr"):
+        Trainer(changed, resume=True)
+    longer = tiny_config(tmp_path, "r", epochs=2)  # extending the schedule is allowed
+    assert train(longer, resume=True, progress=False)["epoch"] == 2
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Trainer(tiny_config(tmp_path, "fresh"), resume=True)
+
+
+def test_checkpoints_tensorboard_and_history(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = tiny_config(tmp_path, "logs", epochs=1)
+    train(cfg, progress=False)
+    run = cfg.run_dir
+    assert (run / "config.yaml").is_file() and (run / "history.json").is_file()
+    ckpt = load_checkpoint(run / "checkpoints/best.pt")  # weights_only=True inside
+    model, loaded_cfg = model_from_checkpoint(ckpt)
+    assert loaded_cfg.model.head == "proto" and not model.training
+    acc = EventAccumulator(str(run / "tb"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    for tag in (
+        "train/loss",
+        "train/accuracy",
+        "train/lr",
+        "time/data",
+        "time/backbone",
+        "time/head",
+        "val/accuracy",
+        "val/ci95",
+    ):
+        assert tag in tags, tags
+    assert not list(run.rglob("*.tmp"))
+
+
+def test_unreadable_checkpoint_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match="unreadable"):
+        load_checkpoint(bad)
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a metasparse checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_training_learns_above_chance(tmp_path):
+    cfg = tiny_config(tmp_path, "learn", shot=5, query=6, batches_per_epoch=15, epochs=1)
+    cfg.val.episodes = 40
+    summary = train(cfg, progress=False)
+    assert summary["best_val_accuracy"] > 35.0  # chance is 20%
