@@ -73,3 +73,15 @@ def test_wrong_class_count_is_reported(tmp_path):
 def test_not_a_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="is not a folder"):
         check.check(tmp_path / "absent")
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_real_omniglot_and_miniimagenet(shared_data, capsys):
+    for name, first in (("omniglot", "1028 classes"), ("miniimagenet", "64 classes")):
+        root = shared_data / name
+        if not root.is_dir():
+            pytest.skip(f"{root} absent")
+        assert main(["data", "check", str(root)]) == 0
+        out = capsys.readouterr().out
+        assert first in out and "matches the published split" in out

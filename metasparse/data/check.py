@@ -121,7 +121,50 @@ def check(root: Path, cache_dir: Path | None = None, verify: bool = True) -> lis
             )
             report.problems += prepared.verify_checksums(folder)
         reports.append(report)
+    if (root / "images_background.zip").is_file() or (root / "images_evaluation.zip").is_file():
+        reports.append(_check_omniglot(root))
     return reports
+
+
+_OMNIGLOT_VINYALS = {"train": 1028, "val": 172, "test": 423}  # characters, before rotations
+
+
+def _check_omniglot(root: Path) -> Report:
+    """Omniglot zips, read through its own builder (Vinyals split, without rotated classes)."""
+    from metasparse.data.registry import build_dataset
+
+    report = Report("omniglot", "zips")
+    names_by_split = {}
+    for split in SPLITS:
+        try:
+            ds = build_dataset("omniglot", split, root=root, rotations=False)
+        except (ValueError, FileNotFoundError) as exc:
+            report.problems.append(f"{split}: {exc}")
+            continue
+        counts = np.bincount(ds.labels, minlength=ds.num_classes)
+        shape = tuple(ds.load_image(0).shape) if len(ds) else ()
+        report.splits.append(
+            SplitSummary(
+                split,
+                ds.num_classes,
+                len(ds),
+                int(counts.min()) if counts.size else 0,
+                int(counts.max()) if counts.size else 0,
+                shape,
+                ds.num_classes == _OMNIGLOT_VINYALS[split],
+            )
+        )
+        if ds.num_classes != _OMNIGLOT_VINYALS[split]:
+            report.problems.append(
+                f"{split}: {ds.num_classes} characters, Vinyals' split has "
+                f"{_OMNIGLOT_VINYALS[split]}"
+            )
+        names_by_split[split] = ds.class_names
+    try:
+        prepared.check_disjoint(names_by_split)
+    except ValueError as exc:
+        report.problems.append(str(exc))
+    return report
 
 
 def format_reports(root: Path, reports: list[Report]) -> str:
