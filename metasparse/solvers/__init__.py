@@ -2,6 +2,28 @@
 
 from __future__ import annotations
 
-from metasparse.solvers.implicit import custom_root, implicit_root, solve_transposed
+from metasparse.solvers.group_sparse_svm import (
+    GroupSparseSVMResult,
+    GroupSparseSVMSolver,
+    lambda_max,
+    objectives,
+    solve_group_sparse_svm,
+)
+from metasparse.solvers.implicit import (
+    custom_root,
+    implicit_root,
+    solve_transposed,
+    svm_dual_root,
+)
 
-__all__ = ["custom_root", "implicit_root", "solve_transposed"]
+__all__ = [
+    "GroupSparseSVMResult",
+    "GroupSparseSVMSolver",
+    "custom_root",
+    "implicit_root",
+    "lambda_max",
+    "objectives",
+    "solve_group_sparse_svm",
+    "solve_transposed",
+    "svm_dual_root",
+]

@@ -342,3 +342,146 @@ def custom_root(
         return wrapped
 
     return decorator
+
+
+# --------------------------------------------------------------------------------------------
+# Specialized boundary: the group-sparse Crammer–Singer dual (metasparse.solvers.group_sparse_svm).
+# --------------------------------------------------------------------------------------------
+
+
+def _spd_solve(A: Tensor, b: Tensor) -> Tensor:
+    """Batched SPD solve (Cholesky, no LU pivots); tasks whose matrix is singular get the
+    minimum-norm solution via an eigendecomposition."""
+    L, info = torch.linalg.cholesky_ex(A)
+    x = torch.cholesky_solve(b.unsqueeze(-1), L).squeeze(-1)
+    bad = info != 0
+    if bool(bad.any()):
+        evals, evecs = torch.linalg.eigh(A[bad])
+        cut = evals.abs().amax(-1, keepdim=True) * A.shape[-1] * torch.finfo(A.dtype).eps
+        inv = torch.where(evals.abs() > cut, 1.0 / evals, torch.zeros_like(evals))
+        proj = (evecs.transpose(1, 2) @ b[bad].unsqueeze(-1)).squeeze(-1)
+        x[bad] = (evecs @ (inv * proj).unsqueeze(-1)).squeeze(-1)
+    return x
+
+
+def _padded_index(mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Indices of True entries per row of a (T, m) mask, padded to the max count, and validity."""
+    counts = mask.sum(1)
+    width = max(int(counts.max()) if mask.shape[0] else 0, 1)
+    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :width]
+    valid = torch.arange(width, device=mask.device)[None, :] < counts[:, None]
+    return order, valid
+
+
+def svm_dual_system(
+    alpha: Tensor, X: Tensor, Y: Tensor, lam1: Tensor, lam2: float, tau: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """KKT matrix of the SVM dual on its active faces × active features (float64).
+
+    Returns ``(A, idx, valid)``: ``A`` (T, s, s) is ``P H P + (I − P)`` on the coordinates
+    ``idx`` (T, s) of the flattened ``α`` (n·K) with ``α > 0``, where ``H = τI + Σ_{j active}
+    x_j x_jᵀ ⊗ J_j / λ2`` is the dual Hessian (``J_j = (1 − c_j) I + c_j v̂_j v̂_jᵀ``,
+    ``c_j = λ1/‖M_j‖``, ``v̂_j = M_j/‖M_j‖``) and ``P`` centres each example's free coordinates
+    (the tangent space of its simplex face). Padding slots are identity rows.
+    """
+    T, n, K = Y.shape
+    M = X.transpose(1, 2) @ (Y - alpha)
+    r = M.norm(dim=-1)
+    lam = lam1.reshape(T, 1)
+    fidx, fvalid = _padded_index(r > lam)
+    Xa = X.gather(2, fidx.unsqueeze(1).expand(T, n, -1))  # (T, n, a)
+    ra = r.gather(1, fidx).clamp_min(torch.finfo(X.dtype).tiny)
+    c = torch.where(fvalid, lam / ra, torch.zeros_like(ra))  # (T, a)
+    w = torch.where(fvalid, 1.0 - c, torch.zeros_like(c))
+    Vh = M.gather(1, fidx.unsqueeze(-1).expand(T, -1, K)) / ra.unsqueeze(-1)  # (T, a, K)
+    G = (Xa * w.unsqueeze(1)) @ Xa.transpose(1, 2)  # (T, n, n)
+    sidx, svalid = _padded_index((alpha > 0).reshape(T, n * K))
+    i_s, k_s = sidx // K, sidx % K
+    s = sidx.shape[1]
+    Xr = Xa.gather(1, i_s.unsqueeze(-1).expand(T, s, Xa.shape[2]))  # (T, s, a)
+    Vr = Vh.transpose(1, 2).gather(1, k_s.unsqueeze(-1).expand(T, s, Vh.shape[1]))
+    Z = Xr * Vr * c.sqrt().unsqueeze(1)
+    same_k = k_s.unsqueeze(2) == k_s.unsqueeze(1)
+    Gs = G.gather(1, i_s.unsqueeze(-1).expand(T, s, n)).gather(2, i_s.unsqueeze(1).expand(T, s, s))
+    H = (Gs * same_k + Z @ Z.transpose(1, 2)).double() / lam2
+    eye = torch.eye(s, dtype=torch.float64, device=X.device).expand(T, s, s)
+    H = H + tau * eye
+    pair = svalid.unsqueeze(2) & svalid.unsqueeze(1)
+    same_i = (i_s.unsqueeze(2) == i_s.unsqueeze(1)) & pair
+    size = same_i.sum(-1, keepdim=True).clamp_min(1).double()
+    Pm = torch.where(pair, eye - same_i.double() / size, torch.zeros_like(eye))
+    A = Pm @ H @ Pm + (eye - Pm)
+    return A, sidx, svalid
+
+
+class _SVMDualRoot(torch.autograd.Function):
+    """Identity on the dual solution; closed-form KKT backward on active faces × features."""
+
+    @staticmethod
+    def forward(ctx: Any, alpha: Tensor, X: Tensor, Y: Tensor, lam1: Tensor, hp: tuple) -> Tensor:
+        ctx.save_for_backward(alpha, X, Y, lam1)
+        ctx.hp = hp
+        return alpha.clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_alpha: Tensor) -> tuple[Tensor | None, ...]:
+        from metasparse.solvers.group_sparse_svm import dual_gradient
+
+        alpha, X, Y, lam1 = ctx.saved_tensors
+        lam2, tau = ctx.hp
+        T, n, K = Y.shape
+        if not ctx.needs_input_grad[1]:
+            return None, None, None, None, None
+        Xd = X.detach()
+        A, sidx, svalid = svm_dual_system(alpha, Xd, Y, lam1, lam2, tau)
+        g = grad_alpha.reshape(T, n * K).gather(1, sidx).double() * svalid
+        # rhs = P g (centre per example on its face)
+        same_i = ((sidx // K).unsqueeze(2) == (sidx // K).unsqueeze(1)) & (
+            svalid.unsqueeze(2) & svalid.unsqueeze(1)
+        )
+        size = same_i.sum(-1).clamp_min(1).double()
+        g = torch.where(svalid, g - (same_i.double() @ g.unsqueeze(-1)).squeeze(-1) / size, 0.0)
+        u_s = _spd_solve(A, g) * svalid
+        u = torch.zeros(T, n * K, dtype=torch.float64, device=X.device)
+        u.scatter_add_(1, sidx, u_s)
+        u = u.reshape(T, n, K).to(X.dtype)
+        with torch.enable_grad():
+            Xg = Xd.requires_grad_(True)
+            gD = dual_gradient(alpha, Xg, Y, lam1, lam2, tau)
+            (gX,) = torch.autograd.grad(gD, Xg, grad_outputs=-u)
+        return None, gX, None, None, None
+
+
+def svm_dual_root(
+    alpha: Tensor,
+    support: Tensor,
+    Y: Tensor,
+    lam1: Tensor,
+    lam2: float,
+    tau: float,
+    method: str = "closed_form",
+) -> Tensor:
+    """Attach the group-sparse SVM dual solution ``alpha`` (T, n, K) to ``support``'s graph.
+
+    ``method="closed_form"`` solves the KKT system of :func:`svm_dual_system` (exact, float64,
+    Cholesky); ``"generic"`` differentiates the projected-gradient fixed point
+    ``α = proj_Δ(α − η ∇D(α, X))`` with :func:`implicit_root` (dense, for checks on small
+    problems). Both treat ``lam1`` as a constant. At ``τ = 0`` the dual may have several
+    solutions; the closed form then returns the minimum-norm solution of the singular system.
+    """
+    from metasparse.solvers.group_sparse_svm import dual_gradient, project_simplex
+
+    if method == "closed_form":
+        return _SVMDualRoot.apply(alpha.detach(), support, Y, lam1.detach(), (lam2, tau))
+    if method != "generic":
+        raise ValueError(f"method must be 'closed_form' or 'generic', got {method!r}")
+    with torch.no_grad():
+        Xd = support.detach()
+        L = torch.linalg.eigvalsh(Xd @ Xd.transpose(1, 2))[:, -1] / lam2 + tau
+        eta = (1.0 / L).reshape(-1, 1, 1)
+
+    def fixed_point(a: Tensor, X: Tensor) -> Tensor:
+        return a - project_simplex(a - eta * dual_gradient(a, X, Y, lam1.detach(), lam2, tau))
+
+    return implicit_root(fixed_point, alpha, (support,), solve="dense")
