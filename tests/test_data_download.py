@@ -40,8 +40,8 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
         body = PAYLOAD[start:]
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        type(self).sent.append(len(body))  # before writing: the client may finish first
         self.wfile.write(body)
-        type(self).sent.append(len(body))
 
     def log_message(self, *args):
         pass
