@@ -251,6 +251,10 @@ def load_split_arrays(
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"data root {root} does not exist. {expected_files(benchmark, root)}"
+        )
     fmt = detect_format(benchmark, root, split)
     if fmt is None:
         raise FileNotFoundError(

@@ -91,14 +91,9 @@ def _safe_dtype(spec: Any, align: bool = False, copy: bool = False) -> np.dtype:
     return dtype
 
 
-def loads(data: bytes, source: str = "<bytes>") -> Any:
-    """Unpickle ``data`` with the restricted unpickler (Python 2 strings decoded as latin1).
-
-    Raises:
-        ValueError: the bytes are truncated or corrupt, or name a forbidden global.
-    """
+def _unpickle(fh: io.BufferedIOBase, source: str) -> Any:
     try:
-        return _RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
+        return _RestrictedUnpickler(fh, encoding="latin1").load()
     except EOFError as exc:
         raise ValueError(
             f"{source} is truncated (the pickle ends early); download or copy it again"
@@ -113,8 +108,17 @@ def loads(data: bytes, source: str = "<bytes>") -> Any:
         ) from exc
 
 
+def loads(data: bytes, source: str = "<bytes>") -> Any:
+    """Unpickle ``data`` with the restricted unpickler (Python 2 strings decoded as latin1).
+
+    Raises:
+        ValueError: the bytes are truncated or corrupt, or name a forbidden global.
+    """
+    return _unpickle(io.BytesIO(data), source)
+
+
 def load(path: str | os.PathLike[str]) -> Any:
-    """Read a legacy pickle file safely; see :func:`loads`.
+    """Read a legacy pickle file safely, streaming it (no second copy of multi-GB files).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -123,7 +127,8 @@ def load(path: str | os.PathLike[str]) -> Any:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pickle file not found: {path}")
-    return loads(path.read_bytes(), source=str(path))
+    with open(path, "rb") as fh:
+        return _unpickle(fh, str(path))
 
 
 def dump(obj: Any, path: str | os.PathLike[str]) -> None:
