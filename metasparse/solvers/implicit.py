@@ -373,6 +373,45 @@ def _padded_index(mask: Tensor) -> tuple[Tensor, Tensor]:
     return order, valid
 
 
+def _svm_structure(
+    alpha: Tensor, X: Tensor, Y: Tensor, lam1: Tensor, lam2: float, tau: float
+) -> dict[str, Tensor]:
+    """Active features (padded) and active face coordinates (padded) of the SVM dual at ``α``."""
+    T, n, K = Y.shape
+    M = X.transpose(1, 2) @ (Y - alpha)
+    r = M.norm(dim=-1)
+    lam = lam1.reshape(T, 1)
+    fidx, fvalid = _padded_index(r > lam)
+    Xa = X.gather(2, fidx.unsqueeze(1).expand(T, n, -1)) * fvalid.unsqueeze(1)  # (T, n, a)
+    ra = r.gather(1, fidx).clamp_min(torch.finfo(X.dtype).tiny)
+    c = torch.where(fvalid, lam / ra, torch.zeros_like(ra))  # (T, a)
+    w = torch.where(fvalid, 1.0 - c, torch.zeros_like(c))
+    Vh = M.gather(1, fidx.unsqueeze(-1).expand(T, -1, K)) / ra.unsqueeze(-1)  # (T, a, K)
+    G = (Xa * w.unsqueeze(1)) @ Xa.transpose(1, 2)  # (T, n, n)
+    sidx, svalid = _padded_index((alpha > 0).reshape(T, n * K))
+    i_s, k_s = sidx // K, sidx % K
+    s = sidx.shape[1]
+    eye = torch.eye(s, dtype=torch.float64, device=X.device).expand(T, s, s)
+    Gs = G.gather(1, i_s.unsqueeze(-1).expand(T, s, n)).gather(2, i_s.unsqueeze(1).expand(T, s, s))
+    H0 = (Gs * (k_s.unsqueeze(2) == k_s.unsqueeze(1))).double() / lam2 + tau * eye
+    pair = svalid.unsqueeze(2) & svalid.unsqueeze(1)
+    same_i = (i_s.unsqueeze(2) == i_s.unsqueeze(1)) & pair
+    size = same_i.sum(-1, keepdim=True).clamp_min(1).double()
+    Pm = torch.where(pair, eye - same_i.double() / size, torch.zeros_like(eye))
+    return {
+        "Xa": Xa,
+        "c": c,
+        "Vh": Vh,
+        "H0": H0,
+        "Pm": Pm,
+        "eye": eye,
+        "sidx": sidx,
+        "svalid": svalid,
+        "i_s": i_s,
+        "k_s": k_s,
+    }
+
+
 def svm_dual_system(
     alpha: Tensor, X: Tensor, Y: Tensor, lam1: Tensor, lam2: float, tau: float
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -384,34 +423,67 @@ def svm_dual_system(
     ``c_j = λ1/‖M_j‖``, ``v̂_j = M_j/‖M_j‖``) and ``P`` centres each example's free coordinates
     (the tangent space of its simplex face). Padding slots are identity rows.
     """
-    T, n, K = Y.shape
-    M = X.transpose(1, 2) @ (Y - alpha)
-    r = M.norm(dim=-1)
-    lam = lam1.reshape(T, 1)
-    fidx, fvalid = _padded_index(r > lam)
-    Xa = X.gather(2, fidx.unsqueeze(1).expand(T, n, -1))  # (T, n, a)
-    ra = r.gather(1, fidx).clamp_min(torch.finfo(X.dtype).tiny)
-    c = torch.where(fvalid, lam / ra, torch.zeros_like(ra))  # (T, a)
-    w = torch.where(fvalid, 1.0 - c, torch.zeros_like(c))
-    Vh = M.gather(1, fidx.unsqueeze(-1).expand(T, -1, K)) / ra.unsqueeze(-1)  # (T, a, K)
-    G = (Xa * w.unsqueeze(1)) @ Xa.transpose(1, 2)  # (T, n, n)
-    sidx, svalid = _padded_index((alpha > 0).reshape(T, n * K))
-    i_s, k_s = sidx // K, sidx % K
-    s = sidx.shape[1]
+    st = _svm_structure(alpha, X, Y, lam1, lam2, tau)
+    return _dense_matrix(st, lam2), st["sidx"], st["svalid"]
+
+
+def _dense_matrix(st: dict[str, Tensor], lam2: float) -> Tensor:
+    """``P H P + (I − P)`` formed explicitly (cost s²·a per task)."""
+    Xa, Vh, c, i_s, k_s = st["Xa"], st["Vh"], st["c"], st["i_s"], st["k_s"]
+    T, s = i_s.shape
     Xr = Xa.gather(1, i_s.unsqueeze(-1).expand(T, s, Xa.shape[2]))  # (T, s, a)
     Vr = Vh.transpose(1, 2).gather(1, k_s.unsqueeze(-1).expand(T, s, Vh.shape[1]))
     Z = Xr * Vr * c.sqrt().unsqueeze(1)
-    same_k = k_s.unsqueeze(2) == k_s.unsqueeze(1)
-    Gs = G.gather(1, i_s.unsqueeze(-1).expand(T, s, n)).gather(2, i_s.unsqueeze(1).expand(T, s, s))
-    H = (Gs * same_k + Z @ Z.transpose(1, 2)).double() / lam2
-    eye = torch.eye(s, dtype=torch.float64, device=X.device).expand(T, s, s)
-    H = H + tau * eye
-    pair = svalid.unsqueeze(2) & svalid.unsqueeze(1)
-    same_i = (i_s.unsqueeze(2) == i_s.unsqueeze(1)) & pair
-    size = same_i.sum(-1, keepdim=True).clamp_min(1).double()
-    Pm = torch.where(pair, eye - same_i.double() / size, torch.zeros_like(eye))
-    A = Pm @ H @ Pm + (eye - Pm)
-    return A, sidx, svalid
+    H = st["H0"] + (Z @ Z.transpose(1, 2)).double() / lam2
+    Pm = st["Pm"]
+    return Pm @ H @ Pm + (st["eye"] - Pm)
+
+
+def _pcg_solve(st: dict[str, Tensor], rhs: Tensor, lam2: float, tau: float, K: int) -> Tensor:
+    """Matrix-free preconditioned CG on ``(P H P + I − P) u = rhs`` in face coordinates.
+
+    Hessian products cost two passes over the active features; the preconditioner is the same
+    system without the rank-one curvature of the group norm (exact when λ1 = 0), factorised.
+    """
+    Xa, Vh, c, Pm, sidx, svalid = st["Xa"], st["Vh"], st["c"], st["Pm"], st["sidx"], st["svalid"]
+    T, n, _ = Xa.shape
+    eye = st["eye"]
+    pre = torch.linalg.cholesky(Pm @ st["H0"] @ Pm + (eye - Pm))
+    dt = Xa.dtype
+
+    def matvec(v: Tensor) -> Tensor:
+        pv = (Pm @ v.unsqueeze(-1)).squeeze(-1)
+        full = torch.zeros(T, n * K, dtype=torch.float64, device=v.device)
+        full.scatter_add_(1, sidx, pv * svalid)
+        U = full.reshape(T, n, K).to(dt)
+        Q = Xa.transpose(1, 2) @ U  # (T, a, K)
+        JQ = (1.0 - c).unsqueeze(-1) * Q + c.unsqueeze(-1) * Vh * (Vh * Q).sum(-1, keepdim=True)
+        HU = (Xa @ JQ).double().reshape(T, n * K) / lam2 + tau * full
+        hs = HU.gather(1, sidx) * svalid
+        return (Pm @ hs.unsqueeze(-1)).squeeze(-1) + v - pv
+
+    def precond(v: Tensor) -> Tensor:
+        return torch.cholesky_solve(v.unsqueeze(-1), pre).squeeze(-1)
+
+    tol = 1e-11 if dt == torch.float64 else 1e-6
+    x = precond(rhs)
+    r = rhs - matvec(x)
+    z = precond(r)
+    p = z
+    rz = (r * z).sum(-1)
+    bn = rhs.norm(dim=-1).clamp_min(1e-300)
+    for _ in range(500):
+        if bool((r.norm(dim=-1) <= tol * bn).all()):
+            break
+        Ap = matvec(p)
+        a = rz / (p * Ap).sum(-1).clamp_min(1e-300)
+        x = x + a.unsqueeze(-1) * p
+        r = r - a.unsqueeze(-1) * Ap
+        z = precond(r)
+        rz_new = (r * z).sum(-1)
+        p = z + (rz_new / rz.clamp_min(1e-300)).unsqueeze(-1) * p
+        rz = rz_new
+    return x
 
 
 class _SVMDualRoot(torch.autograd.Function):
@@ -429,22 +501,26 @@ class _SVMDualRoot(torch.autograd.Function):
         from metasparse.solvers.group_sparse_svm import dual_gradient
 
         alpha, X, Y, lam1 = ctx.saved_tensors
-        lam2, tau = ctx.hp
+        lam2, tau, solve = ctx.hp
         T, n, K = Y.shape
         if not ctx.needs_input_grad[1]:
             return None, None, None, None, None
         Xd = X.detach()
-        A, sidx, svalid = svm_dual_system(alpha, Xd, Y, lam1, lam2, tau)
+        st = _svm_structure(alpha, Xd, Y, lam1, lam2, tau)
+        sidx, svalid, Pm = st["sidx"], st["svalid"], st["Pm"]
         g = grad_alpha.reshape(T, n * K).gather(1, sidx).double() * svalid
-        # rhs = P g (centre per example on its face)
-        same_i = ((sidx // K).unsqueeze(2) == (sidx // K).unsqueeze(1)) & (
-            svalid.unsqueeze(2) & svalid.unsqueeze(1)
-        )
-        size = same_i.sum(-1).clamp_min(1).double()
-        g = torch.where(svalid, g - (same_i.double() @ g.unsqueeze(-1)).squeeze(-1) / size, 0.0)
-        u_s = _spd_solve(A, g) * svalid
+        g = (Pm @ g.unsqueeze(-1)).squeeze(-1)  # project onto the faces' tangent space
+        s, a = sidx.shape[1], st["Xa"].shape[2]
+        if solve == "auto":
+            solve = "dense" if s * s * a <= 4e6 or tau == 0 else "cg"
+        if solve == "dense":
+            u_s = _spd_solve(_dense_matrix(st, lam2), g)
+        elif solve == "cg":
+            u_s = _pcg_solve(st, g, lam2, tau, K)
+        else:
+            raise ValueError(f"backward solve must be 'auto', 'dense' or 'cg', got {solve!r}")
         u = torch.zeros(T, n * K, dtype=torch.float64, device=X.device)
-        u.scatter_add_(1, sidx, u_s)
+        u.scatter_add_(1, sidx, u_s * svalid)
         u = u.reshape(T, n, K).to(X.dtype)
         with torch.enable_grad():
             Xg = Xd.requires_grad_(True)
@@ -461,19 +537,22 @@ def svm_dual_root(
     lam2: float,
     tau: float,
     method: str = "closed_form",
+    solve: str = "auto",
 ) -> Tensor:
     """Attach the group-sparse SVM dual solution ``alpha`` (T, n, K) to ``support``'s graph.
 
-    ``method="closed_form"`` solves the KKT system of :func:`svm_dual_system` (exact, float64,
-    Cholesky); ``"generic"`` differentiates the projected-gradient fixed point
-    ``α = proj_Δ(α − η ∇D(α, X))`` with :func:`implicit_root` (dense, for checks on small
-    problems). Both treat ``lam1`` as a constant. At ``τ = 0`` the dual may have several
-    solutions; the closed form then returns the minimum-norm solution of the singular system.
+    ``method="closed_form"`` solves the KKT system of :func:`svm_dual_system` in float64, with
+    ``solve="dense"`` (Cholesky of the explicit matrix), ``"cg"`` (matrix-free preconditioned
+    CG) or ``"auto"`` (dense when small or τ = 0). ``method="generic"`` differentiates the
+    projected-gradient fixed point ``α = proj_Δ(α − η ∇D(α, X))`` with :func:`implicit_root`
+    (dense; for checks on small problems). Both treat ``lam1`` as a constant. At ``τ = 0``
+    the dual may have several solutions; the closed form then returns the minimum-norm
+    solution of the singular system.
     """
     from metasparse.solvers.group_sparse_svm import dual_gradient, project_simplex
 
     if method == "closed_form":
-        return _SVMDualRoot.apply(alpha.detach(), support, Y, lam1.detach(), (lam2, tau))
+        return _SVMDualRoot.apply(alpha.detach(), support, Y, lam1.detach(), (lam2, tau, solve))
     if method != "generic":
         raise ValueError(f"method must be 'closed_form' or 'generic', got {method!r}")
     with torch.no_grad():
