@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -304,13 +305,15 @@ def cached_decode(
         for i in range(num_images):
             mm[i] = decode(i)
 
-    entry = write_split_files(tmp, split, num_images, image_shape, fill, labels, class_names)
-    write_manifest(tmp, benchmark, {split: entry}, source)
+    try:
+        entry = write_split_files(tmp, split, num_images, image_shape, fill, labels, class_names)
+        write_manifest(tmp, benchmark, {split: entry}, source)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     try:
         os.replace(tmp, folder)
     except OSError:  # another process finished first: keep theirs
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
         if not is_prepared(folder):
             raise
