@@ -249,3 +249,20 @@ def test_pixels_survive_the_round_trip(tmp_path, cache):
     buf = io.BytesIO()
     Image.fromarray(images[5]).save(buf, format="PNG")
     assert buf.tell() > 0
+
+
+def test_convert_metaoptnet_pickles_to_prepared(tmp_path, cache):
+    src = tmp_path / "src"
+    src.mkdir()
+    _write_metaoptnet_pickles(src, "FC100", "fc100")
+    dst = tmp_path / "dst"
+    assert main(["data", "convert", "fc100", "--from", str(src), "--to", str(dst)]) == 0
+    for split in ("train", "val", "test"):
+        a = build_dataset("fc100", split, root=src)
+        b = build_dataset("fc100", split, root=dst, verify=True)
+        assert a.class_names == b.class_names
+        assert np.array_equal(np.asarray(a.images), np.asarray(b.images))
+    rc = main(
+        ["data", "convert", "fc100", "--from", str(src), "--to", str(dst), "--format", "metaoptnet"]
+    )
+    assert rc == 2  # only miniImageNet converts to the MetaOptNet layout
