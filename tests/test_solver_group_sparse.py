@@ -1,0 +1,256 @@
+"""Group-sparse SVM solver: reference objective (cvxpy), λ_max, gradients, degenerate episodes."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from metasparse.solvers import (
+    GroupSparseSVMSolver,
+    lambda_max,
+    objectives,
+    solve_group_sparse_svm,
+)
+
+cp = pytest.importorskip("cvxpy")
+
+
+def _episode(seed=0, T=2, n=9, p=7, K=3, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(T, n, p, generator=g, dtype=dtype)
+    labels = torch.stack([torch.randperm(n, generator=g) % K for _ in range(T)])
+    return X, labels
+
+
+def _cvxpy_primal(X, labels, K, lam1, lam2, tau):
+    """Independent reference: the primal of docs/method.md §2 solved by cvxpy (Clarabel)."""
+    n, p = X.shape
+    Y = np.eye(K)[labels]
+    W = cp.Variable((K, p))
+    S = X @ W.T
+    C = S + 1 - Y
+    sy = cp.sum(cp.multiply(S, Y), axis=1)
+    if tau > 0:
+        # ℓ_τ = min_z [max_k z_k + ‖c + τ e_y − z‖²/(2τ)] − s_y − τ/2  (Moreau envelope of max)
+        Z = cp.Variable((n, K))
+        loss = (
+            cp.sum(cp.max(Z, axis=1))
+            + cp.sum_squares(C + tau * Y - Z) / (2 * tau)
+            - cp.sum(sy)
+            - n * tau / 2
+        )
+    else:
+        loss = cp.sum(cp.max(C, axis=1) - sy)
+    obj = loss + lam1 * cp.sum(cp.norm(W, 2, axis=0)) + lam2 / 2 * cp.sum_squares(W)
+    prob = cp.Problem(cp.Minimize(obj))
+    prob.solve(solver=cp.CLARABEL, tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12)
+    return prob.value
+
+
+@pytest.mark.parametrize("tau", [0.0, 0.05, 0.5])
+@pytest.mark.parametrize("lam_ratio", [0.05, 0.3, 0.8])
+def test_objective_matches_cvxpy(lam_ratio, tau):
+    X, labels = _episode(seed=int(lam_ratio * 100) + int(tau * 10))
+    lam2 = 0.5
+    res = solve_group_sparse_svm(
+        X, labels, 3, lam_ratio=lam_ratio, lam2=lam2, tau=tau, tol=1e-9, max_iter=50000
+    )
+    assert bool(res.converged.all())
+    for t in range(X.shape[0]):
+        ref = _cvxpy_primal(X[t].numpy(), labels[t].numpy(), 3, float(res.lam1[t]), lam2, tau)
+        assert abs(float(res.primal[t]) - ref) <= 1e-6 * max(1.0, abs(ref))
+        assert abs(float(res.dual_value[t]) - ref) <= 1e-6 * max(1.0, abs(ref))
+    # the reported primal is the objective of the returned weights
+    P, _, _ = objectives(
+        res.dual.detach(), X, torch.eye(3, dtype=X.dtype)[labels], res.lam1, lam2, tau
+    )
+    assert torch.allclose(P, res.primal, rtol=1e-10)
+
+
+@pytest.mark.parametrize("tau", [0.01, 0.5])
+def test_lambda_max_exact_for_positive_tau(tau):
+    X, labels = _episode(seed=3)
+    at_max = solve_group_sparse_svm(X, labels, 3, lam_ratio=1.0, lam2=0.5, tau=tau, tol=1e-9)
+    assert torch.equal(at_max.weights, torch.zeros_like(at_max.weights))
+    assert bool(at_max.converged.all())
+    below = solve_group_sparse_svm(X, labels, 3, lam_ratio=0.99, lam2=0.5, tau=tau, tol=1e-9)
+    assert bool((below.weights.detach().abs().amax((1, 2)) > 0).all())
+
+
+def test_lambda_max_is_an_upper_bound_at_tau_zero():
+    """τ = 0: the uniform-α⁰ value is an upper bound; the exact value is a min–max (cvxpy)."""
+    X, labels = _episode(seed=4, T=1)
+    lmax = float(lambda_max(X, labels, 3, tau=0.0)[0])
+    Xn, y = X[0].numpy(), labels[0].numpy()
+    Y = np.eye(3)[y]
+    A = cp.Variable((X.shape[1], 3))
+    alpha = cp.Variable((X.shape[1], 3), nonneg=True)
+    exact = cp.Problem(
+        cp.Minimize(cp.max(cp.norm(Xn.T @ (Y - alpha), 2, axis=1))),
+        [cp.sum(alpha, axis=1) == 1, cp.multiply(alpha, Y) == 0],
+    )
+    del A
+    exact.solve(solver=cp.CLARABEL)
+    assert exact.value <= lmax * (1 + 1e-9)
+    res = solve_group_sparse_svm(X, labels, 3, lam_ratio=1.0, lam2=0.5, tau=0.0, tol=1e-9)
+    assert torch.equal(res.weights, torch.zeros_like(res.weights))
+    # W = 0 stays optimal down to the exact value (checked just above it)
+    ratio = exact.value / lmax
+    if ratio < 0.999:
+        just_above = solve_group_sparse_svm(
+            X, labels, 3, lam_ratio=ratio * 1.001, lam2=0.5, tau=0.0, tol=1e-9, max_iter=50000
+        )
+        assert float(just_above.weights.detach().abs().max()) < 1e-6
+
+
+def test_features_used_decreases_with_lam_ratio():
+    X, labels = _episode(seed=5, T=3, n=12, p=30)
+    used = [
+        float(
+            solve_group_sparse_svm(
+                X, labels, 3, lam_ratio=r, lam2=0.5, tau=0.1
+            ).features_used.mean()
+        )
+        for r in (0.01, 0.2, 0.5, 0.8, 1.0)
+    ]
+    assert all(a >= b for a, b in itertools.pairwise(used))
+    assert used[0] > used[-2] and used[-1] == 0.0
+
+
+@pytest.mark.parametrize("backward", ["dense", "cg", "generic"])
+def test_gradient_matches_finite_differences(backward):
+    X, labels = _episode(seed=6, T=2, n=8, p=6)
+    lam1 = torch.tensor([0.4, 0.6], dtype=torch.float64)
+    kw = dict(lam1=lam1, lam2=0.5, tau=0.3, tol=1e-14, max_iter=100000)
+    Xg = X.clone().requires_grad_(True)
+    res = solve_group_sparse_svm(Xg, labels, 3, backward=backward, **kw)
+    C = torch.randn_like(res.weights)
+    (g,) = torch.autograd.grad((res.weights * C).sum(), Xg)
+    D = torch.randn_like(X)
+    eps = 1e-5
+    # cold starts on both sides: a warm start stops at gap ≤ tol with an α error ~ √(gap/τ),
+    # comparable to eps; the same iteration path on both sides cancels it
+    with torch.no_grad():
+        fp = (solve_group_sparse_svm(X + eps * D, labels, 3, **kw).weights * C).sum()
+        fm = (solve_group_sparse_svm(X - eps * D, labels, 3, **kw).weights * C).sum()
+    fd = float((fp - fm) / (2 * eps))
+    assert abs(float((g * D).sum()) - fd) <= 1e-5 * max(1.0, abs(fd))
+
+
+def test_backward_solvers_agree_on_sparse_solution():
+    X, labels = _episode(seed=7, T=3, n=10, p=25)
+    grads = []
+    for backward in ("dense", "cg", "generic"):
+        Xg = X.clone().requires_grad_(True)
+        res = solve_group_sparse_svm(
+            Xg,
+            labels,
+            3,
+            lam_ratio=0.4,
+            lam2=0.5,
+            tau=0.05,
+            tol=1e-12,
+            backward=backward,
+            max_iter=100000,
+        )
+        assert 0 < float(res.features_used.mean()) < 1
+        (g,) = torch.autograd.grad(res.weights.square().sum(), Xg)
+        grads.append(g)
+    assert torch.allclose(grads[0], grads[2], rtol=1e-7, atol=1e-9)
+    assert torch.allclose(grads[1], grads[2], rtol=1e-6, atol=1e-8)
+
+
+def test_float32_matches_float64():
+    X, labels = _episode(seed=8)
+    r64 = solve_group_sparse_svm(X, labels, 3, lam_ratio=0.1, lam2=1.0, tau=0.2, tol=1e-5)
+    X32 = X.float().requires_grad_(True)
+    r32 = solve_group_sparse_svm(X32, labels, 3, lam_ratio=0.1, lam2=1.0, tau=0.2, tol=1e-5)
+    assert r32.weights.dtype == torch.float32 and bool(r32.converged.all())
+    assert torch.allclose(
+        r32.weights.double(), r64.weights, atol=2e-3 * float(r64.weights.abs().max())
+    )
+    r32.weights.sum().backward()
+    assert X32.grad is not None and bool(torch.isfinite(X32.grad).all())
+
+
+def test_warm_start_and_pgd_certify():
+    X, labels = _episode(seed=9, T=2, n=12, p=20)
+    cold = solve_group_sparse_svm(X, labels, 3, lam_ratio=0.1, lam2=0.5, tau=0.1, tol=1e-8)
+    warm = solve_group_sparse_svm(
+        X, labels, 3, lam_ratio=0.1, lam2=0.5, tau=0.1, tol=1e-8, init=cold.dual.detach()
+    )
+    assert bool(warm.converged.all()) and int(warm.iterations.max()) < int(cold.iterations.max())
+    pgd = solve_group_sparse_svm(
+        X, labels, 3, lam_ratio=0.1, lam2=0.5, tau=0.1, tol=1e-8, method="pgd", max_iter=50000
+    )
+    assert bool(pgd.converged.all())
+    assert torch.allclose(pgd.weights, cold.weights, atol=1e-4 * float(cold.weights.abs().max()))
+    ws = solve_group_sparse_svm(
+        X, labels, 3, lam_ratio=0.5, lam2=0.5, tau=0.1, tol=1e-8, working_set=True
+    )
+    assert bool(ws.converged.all())
+
+
+def _degenerate_cases():
+    X, labels = _episode(seed=10, T=1, n=9, p=12)
+    zero = torch.zeros_like(X)
+    dup = X.clone()
+    dup[:, 1] = dup[:, 0]
+    labels_dup = labels.clone()
+    labels_dup[:, 1] = labels_dup[:, 0]
+    rank_def = torch.randn(1, 9, 2, dtype=torch.float64) @ torch.randn(
+        1, 2, 12, dtype=torch.float64
+    )
+    once = torch.tensor([[0, 1, 1, 1, 2, 2, 2, 1, 2]])
+    return {
+        "zeros": (zero, labels),
+        "duplicates": (dup, labels_dup),
+        "tiny_scale": (X * 1e-6, labels),
+        "huge_scale": (X * 1e6, labels),
+        "rank_deficient": (rank_def, labels),
+        "class_once": (X, once),
+    }
+
+
+@pytest.mark.parametrize("case", list(_degenerate_cases()))
+def test_degenerate_episodes_are_finite_and_certified(case):
+    X, labels = _degenerate_cases()[case]
+    Xg = X.clone().requires_grad_(True)
+    res = solve_group_sparse_svm(Xg, labels, 3, lam_ratio=0.1, max_iter=3000)
+    assert bool(torch.isfinite(res.weights).all()) and bool(torch.isfinite(res.gap).all())
+    if case == "huge_scale":
+        # κ = ‖X‖²/(λ2 τ) ~ 1e14: the first-order dual solver cannot certify within max_iter;
+        # it must say so honestly (converged=False) with the true gap of the returned weights.
+        Y = torch.eye(3, dtype=X.dtype)[labels]
+        _, _, gap = objectives(res.dual.detach(), X, Y, res.lam1, 1000.0, 1e-3)
+        assert torch.allclose(gap, res.gap) and bool((res.converged == (gap <= 1e-5)).all())
+    else:
+        assert bool(res.converged.all()), f"{case}: gap {res.gap.tolist()}"
+    res.weights.sum().backward()
+    assert bool(torch.isfinite(Xg.grad).all())
+
+
+def test_bad_inputs_raise():
+    X, labels = _episode()
+    bad = X.clone()
+    bad[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        solve_group_sparse_svm(bad, labels, 3, lam_ratio=0.1)
+    bad[0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        lambda_max(bad, labels, 3)
+    with pytest.raises(ValueError, match="exactly one of"):
+        solve_group_sparse_svm(X, labels, 3)
+    with pytest.raises(ValueError, match="exactly one of"):
+        solve_group_sparse_svm(X, labels, 3, lam_ratio=0.1, lam1=1.0)
+    with pytest.raises(ValueError, match="lam1 must be"):
+        solve_group_sparse_svm(X, labels, 3, lam1=torch.ones(5))
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        solve_group_sparse_svm(X, labels + 3, 3, lam_ratio=0.1)
+    with pytest.raises(ValueError, match="lam2"):
+        GroupSparseSVMSolver(lam2=0.0)
+    with pytest.raises(ValueError, match="method"):
+        GroupSparseSVMSolver(method="newton")
