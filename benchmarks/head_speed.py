@@ -1,0 +1,182 @@
+"""Forward+backward time of the group-sparse SVM head vs qpth SVM-CS and the paper's 5-step PGD.
+
+All methods are timed interleaved (round-robin over repeats) in one process, so that load from
+other processes hits them alike; the table reports medians, the ratio to qpth, and the relative
+duality gap each method reaches (qpth: its certified gap on the λ1 = 0 problem it solves).
+
+    python benchmarks/head_speed.py                       # full grid, CPU, markdown to stdout
+    python benchmarks/head_speed.py --device cuda --out benchmarks/head_speed_gpu.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from metasparse.heads.svm_cs import SVMCSHead
+from metasparse.solvers import lambda_max, solve_group_sparse_svm
+from metasparse.solvers.pgd_baseline import pgd_group_sparse_svm
+
+LAM2 = 1000.0
+TAU = 1.0 / LAM2
+
+
+def _episodes(tasks: int, way: int, shot: int, p: int, n_query: int, device: str, seed: int):
+    """Post-ReLU Gaussian features (like unpooled backbone outputs), balanced labels."""
+    g = torch.Generator().manual_seed(seed)
+    support = torch.relu(torch.randn(tasks, way * shot, p, generator=g)).to(device)
+    query = torch.relu(torch.randn(tasks, n_query, p, generator=g)).to(device)
+    labels = torch.arange(way).repeat_interleave(shot).expand(tasks, -1).contiguous().to(device)
+    return support, query, labels
+
+
+def _timed(fn: Callable[[], dict], device: str) -> tuple[float, dict]:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    info = fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) * 1e3, info
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    """Time every method on every configuration; return one row per (config, method)."""
+    rows = []
+    for shot in args.shots:
+        for p in args.dims:
+            support, query, labels = _episodes(args.tasks, args.way, shot, p, 30, args.device, 0)
+            qp = SVMCSHead(C_reg=1.0 / LAM2, jitter=1.0, learn_scale=False).to(args.device)
+
+            def make(
+                method: str, ratio: float, support=support, query=query, labels=labels, qp=qp
+            ) -> Callable[[], dict]:
+                def call() -> dict:
+                    s = support.clone().requires_grad_(True)
+                    q = query.clone().requires_grad_(True)
+                    if method == "qpth SVM-CS (λ1=0)":
+                        logits, st = qp(q, s, labels, args.way)
+                        info = {"gap": st["qp_rel_gap"], "used": 1.0, "iters": 15}
+                    elif method.startswith("PGD"):
+                        lam1 = ratio * lambda_max(s, labels, args.way, tau=TAU)
+                        W, gap = pgd_group_sparse_svm(s, labels, args.way, lam1, LAM2, TAU)
+                        logits = q @ W.transpose(1, 2)
+                        used = float((W.detach().norm(dim=1) > 0).double().mean())
+                        info = {"gap": float(gap.max()), "used": used, "iters": 5}
+                    else:
+                        max_iter = 5 if "5 it" in method else 5000
+                        res = solve_group_sparse_svm(
+                            s,
+                            labels,
+                            args.way,
+                            lam_ratio=ratio,
+                            lam2=LAM2,
+                            tau=TAU,
+                            tol=1e-5,
+                            max_iter=max_iter,
+                        )
+                        logits = q @ res.weights.transpose(1, 2)
+                        info = {
+                            "gap": float(res.gap.max()),
+                            "used": float(res.features_used.mean()),
+                            "iters": float(res.iterations.double().mean()),
+                        }
+                    logits.square().sum().backward()
+                    return info
+
+                return call
+
+            methods = [("qpth SVM-CS (λ1=0)", 0.0)]
+            for ratio in args.ratios:
+                methods += [
+                    ("ours (gap ≤ 1e-5)", ratio),
+                    ("ours, 5 it", ratio),
+                    ("PGD 5 steps (paper)", ratio),
+                ]
+            times: dict[int, list[float]] = {i: [] for i in range(len(methods))}
+            infos: dict[int, dict] = {}
+            fns = [make(m, r) for m, r in methods]
+            for i, f in enumerate(fns):  # warm-up (and first info)
+                _, infos[i] = _timed(f, args.device)
+            for _ in range(args.repeats):
+                for i, f in enumerate(fns):
+                    ms, infos[i] = _timed(f, args.device)
+                    times[i].append(ms)
+            qp_ms = statistics.median(times[0])
+            for i, (m, r) in enumerate(methods):
+                med = statistics.median(times[i])
+                rows.append(
+                    {
+                        "shot": shot,
+                        "p": p,
+                        "ratio": r,
+                        "method": m,
+                        "ms": med,
+                        "vs_qpth": med / qp_ms,
+                        "gap": infos[i]["gap"],
+                        "used": infos[i]["used"],
+                        "iters": infos[i]["iters"],
+                    }
+                )
+                print(rows[-1], flush=True)
+    return rows
+
+
+def to_markdown(rows: list[dict], args: argparse.Namespace) -> str:
+    """The result table with the machine and command."""
+    dev = (
+        torch.cuda.get_device_name()
+        if args.device == "cuda"
+        else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s)"
+    )
+    lines = [
+        f"Machine: {dev}; torch {torch.__version__}; {args.tasks} episodes of {args.way}-way, "
+        f"30 queries, λ2 = {LAM2:g}, τ = {TAU:g}; median of {args.repeats} interleaved repeats.",
+        "",
+        "| shot | p | λ1/λ_max | method | fwd+bwd ms | × qpth | max rel. gap | iters | "
+        "features used |",
+        "|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['shot']} | {r['p']} | {r['ratio']:g} | {r['method']} | {r['ms']:.0f} | "
+            f"{r['vs_qpth']:.2f} | {r['gap']:.1e} | {r['iters']:.0f} | {r['used']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    """Parse arguments, run, print (and optionally write) the markdown table."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--shots", type=int, nargs="+", default=[1, 5, 15])
+    ap.add_argument("--dims", type=int, nargs="+", default=[2560, 16000])
+    ap.add_argument("--ratios", type=float, nargs="+", default=[0.01, 0.1, 0.5])
+    ap.add_argument("--tasks", type=int, default=8)
+    ap.add_argument("--way", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads (keep 1: qpth's batched LU breaks with more)",
+    )
+    ap.add_argument("--out", default=None, help="also write the markdown table here")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but CUDA is not available; use --device cpu")
+    md = to_markdown(run(args), args)
+    print(md)
+    if args.out:
+        with open(args.out, "w") as fh:
+            fh.write(md)
+
+
+if __name__ == "__main__":
+    main()
