@@ -2,9 +2,13 @@
 
 Each class is a glyph made of 2-4 cubic Bézier strokes; each sample redraws it with its own
 control-point noise, affine distortion (rotation, scale, shear, shift), stroke width and pixel
-noise. Train, val and test classes come from independent random streams, so the splits share no
-glyph. Everything is a deterministic function of ``seed`` and takes about a second per split
-(rendering is vectorized: points splatted onto the grid, then a per-sample separable blur).
+noise. Every class has its own random stream (seed, split, class), so the splits share no glyph.
+All 900 default classes × 20 drawings render in ~3 s on one core (vectorized: curve points
+splatted onto the grid, then a per-sample separable blur) and are kept in memory.
+
+Difficulty (5-way 1-shot test episodes): pixel-space 1-NN ≈ 57 %, a randomly initialised Conv-4
+ProtoNet ≈ 63 %, the same after ~20 training steps (8 episodes of 5-way 5-shot, ~2 CPU
+minutes) ≈ 74 % (5-shot ≈ 90 %): learnable, far from saturated.
 """
 
 from __future__ import annotations
