@@ -55,4 +55,10 @@ def build_dataset(
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     module_name, func_name = _BUILDERS[name].split(":")
     builder = getattr(importlib.import_module(module_name), func_name)
-    return builder(resolve_root(root), split, augment, **options)
+    dataset = builder(resolve_root(root), split, augment, **options)
+    # Name every split once, here, so error messages can say "split 'test' of miniimagenet".
+    if getattr(dataset, "name", None) is None:
+        dataset.name = name
+    if getattr(dataset, "split", None) is None:
+        dataset.split = split
+    return dataset
