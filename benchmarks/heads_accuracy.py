@@ -1,0 +1,135 @@
+"""Meta-train a backbone with several heads, then meta-test each on fixed episodes (CPU runs).
+
+Usage (from the repo root):
+
+    python benchmarks/heads_accuracy.py omniglot --root ../shared/data/omniglot \\
+        --heads proto ridge svm_cs
+    python benchmarks/heads_accuracy.py miniimagenet --root ../shared/data/miniimagenet \\
+        --heads proto svm_cs
+
+Each head is trained with ``configs/omniglot/conv4_<head>.yaml`` or
+``configs/miniimagenet/cpu/conv4_<head>.yaml`` (extra overrides via ``--set``), then tested on the
+test classes (Omniglot: 5/20-way 1/5-shot and 20 one-shot runs in the official layout built from
+evaluation characters; miniImageNet: 5-way 1/5-shot, 15 queries). Figures go to
+``benchmarks/results/<dataset>_heads.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from metasparse.checkpoint import load_checkpoint, model_from_checkpoint
+from metasparse.config import load_config
+from metasparse.data import build_dataset
+from metasparse.evaluation import evaluate, omniglot_runs_error
+from metasparse.training import train
+from metasparse.utils import atomic_write_json
+
+REPO = Path(__file__).resolve().parents[1]
+SETTINGS = {  # dataset -> (config folder, [(way, shot, query)])
+    "omniglot": ("configs/omniglot", [(5, 1, 15), (5, 5, 15), (20, 1, 5), (20, 5, 5)]),
+    "miniimagenet": ("configs/miniimagenet/cpu", [(5, 1, 15), (5, 5, 15)]),
+}
+
+
+def step_time_split(history: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean seconds per training step in data / backbone / head over the run's epochs."""
+    means = [h["train_means"] for h in history if h.get("train_means")]
+    keys = ("time/data", "time/backbone", "time/head")
+    return {k: sum(m.get(k, 0.0) for m in means) / max(len(means), 1) for k in keys}
+
+
+def main() -> None:
+    """Train, test and record each head."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("dataset", choices=sorted(SETTINGS))
+    p.add_argument("--root", required=True, help="the dataset folder")
+    p.add_argument("--heads", nargs="+", default=["proto", "ridge", "svm_cs"])
+    p.add_argument("--set", nargs="*", default=[], help="config overrides for every head")
+    p.add_argument("--episodes", type=int, default=1000)
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--output-dir", default=None, help="default: runs/bench_<dataset>")
+    p.add_argument("--skip-train", action="store_true", help="reuse existing checkpoints")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    config_dir, settings = SETTINGS[args.dataset]
+    out_dir = args.output_dir or f"runs/bench_{args.dataset}"
+    results_path = REPO / f"benchmarks/results/{args.dataset}_heads.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    results["machine"] = {
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+    }
+    runs = None
+    if args.dataset == "omniglot":
+        from metasparse.data.omniglot_runs import read_runs, write_runs
+
+        runs_dir = Path(tempfile.mkdtemp(prefix="omniglot_runs_"))
+        write_runs(runs_dir, args.root, n_runs=20, ways=20, seed=0)
+        runs = read_runs(runs_dir, image_size=28)
+
+    for head in args.heads:
+        cfg = load_config(
+            REPO / config_dir / f"conv4_{head}.yaml",
+            [f"data.root={args.root}", f"output_dir={out_dir}/{head}", *args.set],
+        )
+        start = time.perf_counter()
+        if not args.skip_train:
+            train(cfg, progress=True)
+        train_seconds = time.perf_counter() - start
+        ckpt = load_checkpoint(cfg.run_dir / "checkpoints/best.pt")
+        model, _ = model_from_checkpoint(ckpt)
+        test_set = build_dataset(
+            cfg.data.name, cfg.data.test_split, root=args.root, augment=False, **cfg.data.options
+        )
+        rows = []
+        start = time.perf_counter()
+        for way, shot, query in settings:
+            r = evaluate(model, test_set, way, shot, query, args.episodes, seed=0)
+            rows.append(
+                {
+                    "way": way,
+                    "shot": shot,
+                    "query": query,
+                    "episodes": r["episodes"],
+                    "accuracy": r["accuracy"],
+                    "ci95": r["ci95"],
+                    "head_stats": r["head_stats"],
+                }
+            )
+            print(f"{head:>17} {way:>2}-way {shot}-shot {r['accuracy']:6.2f} ± {r['ci95']:.2f}")
+        entry: dict[str, Any] = {
+            "config": cfg.to_dict(),
+            "train_seconds": None if args.skip_train else train_seconds,
+            "test_seconds": time.perf_counter() - start,
+            "steps": cfg.train.epochs * cfg.train.batches_per_epoch,
+            "best_val": ckpt["best_val"],
+            "best_epoch": ckpt["best_epoch"],
+            "val_curve": [h["val_accuracy"] for h in ckpt["history"]],
+            "step_time_split_s": step_time_split(ckpt["history"]),
+            "test": rows,
+        }
+        if runs is not None:
+            errors = omniglot_runs_error(model, runs, torch.device("cpu"))
+            entry["omniglot_runs_error_rate"] = sum(errors) / len(errors)
+            entry["omniglot_runs_per_run"] = errors
+            print(f"{head:>17} 20 one-shot runs: error {entry['omniglot_runs_error_rate']:.2f}%")
+        results[head] = entry
+        atomic_write_json(results_path, results)
+    print(f"wrote {results_path}")
+
+
+if __name__ == "__main__":
+    main()
