@@ -373,10 +373,26 @@ def _padded_index(mask: Tensor) -> tuple[Tensor, Tensor]:
     return order, valid
 
 
+def _face(alpha: Tensor, X: Tensor, Y: Tensor, lam1: Tensor, lam2: float, tau: float) -> Tensor:
+    """Free coordinates of ``α``: positive, except round-off positives (~1e-17 left by the
+    simplex projection) whose gradient exceeds the example's multiplier, i.e. clearly at 0."""
+    from metasparse.solvers.group_sparse_svm import dual_gradient
+
+    g = dual_gradient(alpha, X, Y, lam1, lam2, tau)
+    mu = (alpha * g).sum(-1, keepdim=True)
+    return (alpha > 0) & (alpha >= 1e-9 * (g - mu).clamp_min(0.0))
+
+
 def _svm_structure(
-    alpha: Tensor, X: Tensor, Y: Tensor, lam1: Tensor, lam2: float, tau: float
+    alpha: Tensor,
+    X: Tensor,
+    Y: Tensor,
+    lam1: Tensor,
+    lam2: float,
+    tau: float,
+    face: Tensor | None = None,
 ) -> dict[str, Tensor]:
-    """Active features (padded) and active face coordinates (padded) of the SVM dual at ``α``."""
+    """Active features (padded) and face coordinates (padded; default ``α > 0``) at ``α``."""
     T, n, K = Y.shape
     M = X.transpose(1, 2) @ (Y - alpha)
     r = M.norm(dim=-1)
@@ -388,7 +404,9 @@ def _svm_structure(
     w = torch.where(fvalid, 1.0 - c, torch.zeros_like(c))
     Vh = M.gather(1, fidx.unsqueeze(-1).expand(T, -1, K)) / ra.unsqueeze(-1)  # (T, a, K)
     G = (Xa * w.unsqueeze(1)) @ Xa.transpose(1, 2)  # (T, n, n)
-    sidx, svalid = _padded_index((alpha > 0).reshape(T, n * K))
+    if face is None:
+        face = _face(alpha, X, Y, lam1, lam2, tau)
+    sidx, svalid = _padded_index(face.reshape(T, n * K))
     i_s, k_s = sidx // K, sidx % K
     s = sidx.shape[1]
     eye = torch.eye(s, dtype=torch.float64, device=X.device).expand(T, s, s)
@@ -398,7 +416,12 @@ def _svm_structure(
     same_i = (i_s.unsqueeze(2) == i_s.unsqueeze(1)) & pair
     size = same_i.sum(-1, keepdim=True).clamp_min(1).double()
     Pm = torch.where(pair, eye - same_i.double() / size, torch.zeros_like(eye))
+    # E[t, s, i] = 1 when slot s belongs to example i: P·A = A − E diag(1/|S_i|) Eᵀ A (cheap)
+    E = torch.nn.functional.one_hot(i_s, n).double() * svalid.unsqueeze(-1)
+    inv = 1.0 / E.sum(1).clamp_min(1.0)  # (T, n)
     return {
+        "E": E,
+        "inv": inv,
         "Xa": Xa,
         "c": c,
         "Vh": Vh,
@@ -435,8 +458,17 @@ def _dense_matrix(st: dict[str, Tensor], lam2: float) -> Tensor:
     Vr = Vh.transpose(1, 2).gather(1, k_s.unsqueeze(-1).expand(T, s, Vh.shape[1]))
     Z = Xr * Vr * c.sqrt().unsqueeze(1)
     H = st["H0"] + (Z @ Z.transpose(1, 2)).double() / lam2
-    Pm = st["Pm"]
-    return Pm @ H @ Pm + (st["eye"] - Pm)
+    return _project_matrix(st, H)
+
+
+def _project_matrix(st: dict[str, Tensor], H: Tensor) -> Tensor:
+    """``P H P + (I − P)`` using the example-membership matrix (s²·n instead of s³ per task)."""
+    E, inv, Pm = st["E"], st["inv"], st["Pm"]
+    R = H - E @ (inv.unsqueeze(-1) * (E.transpose(1, 2) @ H))
+    R = R - ((R @ E) * inv.unsqueeze(1)) @ E.transpose(1, 2)
+    valid = st["svalid"].double()
+    R = R * valid.unsqueeze(2) * valid.unsqueeze(1)
+    return R + (st["eye"] - Pm)
 
 
 def _pcg_solve(st: dict[str, Tensor], rhs: Tensor, lam2: float, tau: float, K: int) -> Tensor:
@@ -447,8 +479,12 @@ def _pcg_solve(st: dict[str, Tensor], rhs: Tensor, lam2: float, tau: float, K: i
     """
     Xa, Vh, c, Pm, sidx, svalid = st["Xa"], st["Vh"], st["c"], st["Pm"], st["sidx"], st["svalid"]
     T, n, _ = Xa.shape
-    eye = st["eye"]
-    pre = torch.linalg.cholesky(Pm @ st["H0"] @ Pm + (eye - Pm))
+    A0 = _project_matrix(st, st["H0"])
+    # SPD preconditioner: a relative jitter covers τ = 0 (H0 only semi-definite on the face)
+    jitter = 1e-10 * A0.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-300)
+    pre, info = torch.linalg.cholesky_ex(A0 + jitter.reshape(T, 1, 1) * st["eye"])
+    if bool((info != 0).any()):
+        pre = torch.where((info != 0).reshape(T, 1, 1), st["eye"], pre)
     dt = Xa.dtype
 
     def matvec(v: Tensor) -> Tensor:
