@@ -172,9 +172,9 @@ _STYLE = {
     ("lasso", "entangled"): ("tab:blue", "--", "Lasso, entangled"),
     ("ridge", "disentangled"): ("tab:orange", "-", "Ridge, disentangled"),
     ("ridge", "entangled"): ("tab:orange", "--", "Ridge, entangled"),
-    ("least_squares", "disentangled"): ("tab:gray", "-", "Least squares, disentangled"),
-    ("least_squares", "entangled"): ("tab:gray", "--", "Least squares, entangled"),
+    ("least_squares", "disentangled"): ("tab:gray", ":", "Least squares (either)"),
 }
+_FLOOR = -0.1  # R² below this (least squares near n = m) is drawn as off the scale
 
 
 def plot_generalization(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> None:
@@ -200,14 +200,16 @@ def plot_generalization(rows: Sequence[dict[str, Any]], path: Path, title: str =
             )
             if not sel:
                 continue
+            mean = [r["r2_mean"] if r["r2_mean"] >= _FLOOR else np.nan for r in sel]
             ax.errorbar(
                 [r["n_samples"] for r in sel],
-                [r["r2_mean"] for r in sel],
+                mean,
                 yerr=[r["r2_se"] for r in sel],
                 color=color,
                 linestyle=ls,
-                marker="o",
-                markersize=3,
+                marker="o" if ls != "--" else "s",
+                markersize=3 if ls != "--" else 5,
+                markerfacecolor="none" if ls == "--" else color,
                 capsize=2,
                 label=label,
             )
@@ -215,7 +217,7 @@ def plot_generalization(rows: Sequence[dict[str, Any]], path: Path, title: str =
         ax.set_xlabel("training samples n")
         ax.set_ylim(-0.1, 1.0)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("test R² (mean ± s.e.)")
+    axes[0][0].set_ylabel("test R² (mean ± s.e.; gaps: below −0.1)")
     axes[0][-1].legend(fontsize=8, loc="lower right")
     if title:
         fig.suptitle(title)
