@@ -48,7 +48,7 @@ def _timed(fn: Callable[[], dict], device: str) -> tuple[float, dict]:
 def run(args: argparse.Namespace) -> list[dict]:
     """Time every method on every configuration; return one row per (config, method)."""
     rows = []
-    for shot in args.shots:
+    for shot in sorted(args.shots, reverse=True):
         for p in args.dims:
             support, query, labels = _episodes(args.tasks, args.way, shot, p, 30, args.device, 0)
             qp = SVMCSHead(C_reg=1.0 / LAM2, jitter=1.0, learn_scale=False).to(args.device)
@@ -141,8 +141,6 @@ VARIANTS = {
 
 def compare_solvers(args: argparse.Namespace) -> str:
     """Interleaved fwd+bwd timing of solver variants (same problem, same stopping rule)."""
-    from metasparse.solvers import group_sparse_svm as gss
-
     lines = [
         "| shot | p | λ1/λ_max | solver variant | fwd+bwd ms | max rel. gap | mean iters |",
         "|---:|---:|---:|---|---:|---:|---:|",
@@ -155,35 +153,26 @@ def compare_solvers(args: argparse.Namespace) -> str:
                 infos: dict[str, dict] = {}
                 for rep in range(args.repeats + 1):
                     for name, opts in VARIANTS.items():
-                        opts = dict(opts)
-                        newton = opts.pop("newton")
-                        saved = gss.GroupSparseSVMSolver.newton
-                        gss.GroupSparseSVMSolver.newton = newton
-                        try:
-                            s = support.clone().requires_grad_(True)
+                        s = support.clone().requires_grad_(True)
 
-                            def call(
-                                s=s, opts=opts, ratio=ratio, labels=labels, query=query
-                            ) -> dict:
-                                res = solve_group_sparse_svm(
-                                    s,
-                                    labels,
-                                    args.way,
-                                    lam_ratio=ratio,
-                                    lam2=LAM2,
-                                    tau=TAU,
-                                    tol=1e-5,
-                                    **opts,
-                                )
-                                (query @ res.weights.transpose(1, 2)).square().sum().backward()
-                                return {
-                                    "gap": float(res.gap.max()),
-                                    "iters": float(res.iterations.double().mean()),
-                                }
+                        def call(s=s, opts=opts, ratio=ratio, labels=labels, query=query) -> dict:
+                            res = solve_group_sparse_svm(
+                                s,
+                                labels,
+                                args.way,
+                                lam_ratio=ratio,
+                                lam2=LAM2,
+                                tau=TAU,
+                                tol=1e-5,
+                                **opts,
+                            )
+                            (query @ res.weights.transpose(1, 2)).square().sum().backward()
+                            return {
+                                "gap": float(res.gap.max()),
+                                "iters": float(res.iterations.double().mean()),
+                            }
 
-                            ms, infos[name] = _timed(call, args.device)
-                        finally:
-                            gss.GroupSparseSVMSolver.newton = saved
+                        ms, infos[name] = _timed(call, args.device)
                         if rep > 0:
                             times[name].append(ms)
                 for name in VARIANTS:

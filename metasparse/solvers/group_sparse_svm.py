@@ -386,6 +386,7 @@ def solve_group_sparse_svm(
     max_iter: int = 5000,
     method: str = "fista",
     working_set: bool = False,
+    newton: bool = True,
     init: Tensor | None = None,
     backward: str = "auto",
 ) -> GroupSparseSVMResult:
@@ -396,7 +397,7 @@ def solve_group_sparse_svm(
         lam_ratio: ``λ1/λ_max`` per episode (exactly one of ``lam_ratio``/``lam1``).
         lam1: absolute ``λ1`` (float or (tasks,)).
         lam2, tau: ridge and hinge smoothing. tol: target relative duality gap.
-        max_iter, method, working_set: see :class:`GroupSparseSVMSolver`.
+        max_iter, method, working_set, newton: see :class:`GroupSparseSVMSolver`.
         init: warm start for the dual (tasks, n, n_way), projected onto the simplices.
         backward: how the implicit system on active faces × active features is solved:
             ``"auto"``, ``"dense"``, ``"cg"`` (see ``implicit.svm_dual_root``) or ``"generic"``
@@ -410,7 +411,13 @@ def solve_group_sparse_svm(
     _check_inputs(support, support_labels, n_way, tau)
     lam1_t = _resolve_lam1(support, support_labels, n_way, tau, lam_ratio, lam1)
     solver = GroupSparseSVMSolver(
-        lam2=lam2, tau=tau, tol=tol, max_iter=max_iter, method=method, working_set=working_set
+        lam2=lam2,
+        tau=tau,
+        tol=tol,
+        max_iter=max_iter,
+        method=method,
+        working_set=working_set,
+        newton=newton,
     )
     Y = _onehot(support_labels, n_way, support.dtype)
     X = support.detach()
