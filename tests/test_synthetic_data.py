@@ -50,6 +50,8 @@ def test_coupled_factors_are_always_used_together() -> None:
     assert np.array_equal(s[:, 2], s[:, 4])
     assert s.any(axis=1).all()
     assert 0.2 < s[:, 0].mean() < 0.6  # still random, not constant
+    chained = sample_supports(rng, 500, 5, 0.3, coupled=((0, 1), (1, 2), (2, 3)))
+    assert (chained[:, :4] == chained[:, :1]).all()  # chains tie a whole block together
 
 
 @pytest.mark.parametrize(
