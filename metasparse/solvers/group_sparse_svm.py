@@ -189,8 +189,9 @@ class GroupSparseSVMSolver:
             gradient; kept for comparison).
         check_every: iterations between duality-gap evaluations (each costs one extra pass).
         newton: once a task's gap is below ``newton_below``, try a Newton step on the current
-            simplex faces at each gap evaluation (Hessian solved by preconditioned CG, see
-            :mod:`metasparse.solvers.implicit`); kept only where it lowers the certified gap.
+            simplex faces at each gap evaluation (Hessian solved by ≤ 10 preconditioned CG steps,
+            see :mod:`metasparse.solvers.implicit`); kept only where it lowers the certified
+            gap, and not tried again for a task after a rejected step.
         working_set: restrict iterations to features whose ``‖M_j‖`` exceeds ``ws_margin·λ1``
             (re-checked on all features at every gap evaluation; the certificate always uses all
             features).
@@ -225,7 +226,11 @@ class GroupSparseSVMSolver:
     def run(
         self, X: Tensor, Y: Tensor, lam1: Tensor, init: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """Solve (detached). Returns ``alpha, gap, iterations, primal, dual_value``."""
+        """Solve (detached). Returns ``alpha, gap, iterations, primal, dual_value``.
+
+        Tasks that reach the tolerance leave the batch (the others continue on a compacted
+        batch, warm-started), so one hard episode does not make the whole batch pay.
+        """
         T = Y.shape[0]
         lam2, tau = float(self.lam2), float(self.tau)
         alpha = _alpha_at_zero(Y, tau) if init is None else project_simplex(init.to(Y.dtype))
@@ -233,6 +238,31 @@ class GroupSparseSVMSolver:
         gram = X @ X.transpose(1, 2)
         L = torch.linalg.eigvalsh(gram)[:, -1].clamp_min(0.0) / lam2 + tau
         step = (1.0 / L.clamp_min(torch.finfo(X.dtype).tiny)).reshape(T, 1, 1)
+        gap = torch.full((T,), float("inf"), dtype=X.dtype, device=X.device)
+        iters = torch.zeros(T, dtype=torch.long, device=X.device)
+        P = torch.zeros(T, dtype=X.dtype, device=X.device)
+        Dv = torch.zeros_like(P)
+        live = torch.arange(T, device=X.device)
+        used = 0
+        while live.numel() and used < self.max_iter:
+            whole = live.numel() == T
+            a, g, it, p_, d_, done = self._run_batch(
+                *[t if whole else t[live] for t in (X, Y, lam1, alpha, step)],
+                self.max_iter - used,
+            )
+            alpha = alpha.clone()
+            alpha[live], gap[live], P[live], Dv[live] = a, g, p_, d_
+            iters[live] += it
+            used += int(it.max()) if it.numel() else 0
+            live = live[~done]
+        return alpha, gap, iters, P, Dv
+
+    def _run_batch(
+        self, X: Tensor, Y: Tensor, lam1: Tensor, alpha: Tensor, step: Tensor, max_iter: int
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Iterate on a batch until some task certifies (then return, to compact) or budget."""
+        T = Y.shape[0]
+        lam2, tau = float(self.lam2), float(self.tau)
         Xw = X
         Xt = X.transpose(1, 2).contiguous()  # (p, n) layout: the Xᵀ(Y − α) products run faster
         Xt_full = Xt
@@ -242,25 +272,27 @@ class GroupSparseSVMSolver:
         P = torch.zeros(T, dtype=X.dtype, device=X.device)
         Dv = torch.zeros_like(P)
         prev = alpha.clone()
+        newton_ok = torch.ones(T, dtype=torch.bool, device=X.device)
         t_k = torch.ones(T, 1, 1, dtype=X.dtype, device=X.device)
         M = Xt @ (Y - alpha)
         M_prev = M.clone()
         k = 0
         while True:
-            if k % self.check_every == 0 or k >= self.max_iter:
+            if k % self.check_every == 0 or k >= max_iter:
                 P_full, D_full, g_full, Mfull = self._certify(X, Xt_full, Y, alpha, lam1, lam2, tau)
                 newly = (~done) & (g_full <= self.tol)
                 gap = torch.where(done, gap, g_full)
                 P = torch.where(done, P, P_full)
                 Dv = torch.where(done, Dv, D_full)
                 done = done | newly
-                if bool(done.all()) or k >= self.max_iter:
+                if bool(done.any()) or k >= max_iter:
                     break
-                try_newton = (~done) & (g_full <= self.newton_below)
+                try_newton = (~done) & (g_full <= self.newton_below) & newton_ok
                 if self.newton and bool(try_newton.any()):
                     cand = self._newton_step(X, Y, alpha, lam1, lam2, tau)
                     Pc, Dc, gc, Mc = self._certify(X, Xt_full, Y, cand, lam1, lam2, tau)
                     take = try_newton & (gc < g_full)
+                    newton_ok = newton_ok & ~(try_newton & ~take)  # a failed try: stop trying
                     if bool(take.any()):
                         tk = take.reshape(T, 1, 1)
                         alpha = torch.where(tk, cand, alpha)
@@ -273,7 +305,7 @@ class GroupSparseSVMSolver:
                         t_k = torch.ones_like(t_k)
                         M = Mfull
                         M_prev = M
-                        if bool(done.all()):
+                        if bool(done.any()):
                             break
                 if self.working_set:
                     keep = (Mfull.norm(dim=-1) > self.ws_margin * lam1[:, None]).any(0)
@@ -306,7 +338,7 @@ class GroupSparseSVMSolver:
             t_k = t_next
             iters = iters + (~done).long()
             k += 1
-        return alpha, gap, iters, P, Dv
+        return alpha, gap, iters, P, Dv, done
 
     @staticmethod
     def _newton_step(
@@ -328,7 +360,7 @@ class GroupSparseSVMSolver:
         sidx, svalid, Pm = st["sidx"], st["svalid"], st["Pm"]
         gs = g.reshape(T, n * K).gather(1, sidx).double() * svalid
         rhs = -(Pm @ gs.unsqueeze(-1)).squeeze(-1)
-        d_s = _pcg_solve(st, rhs, lam2, tau, K) * svalid
+        d_s = _pcg_solve(st, rhs, lam2, tau, K, maxiter=10) * svalid
         d = torch.zeros(T, n * K, dtype=torch.float64, device=X.device)
         d.scatter_add_(1, sidx, d_s)
         return project_simplex(alpha + d.reshape(T, n, K).to(alpha.dtype))

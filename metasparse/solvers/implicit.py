@@ -471,7 +471,9 @@ def _project_matrix(st: dict[str, Tensor], H: Tensor) -> Tensor:
     return R + (st["eye"] - Pm)
 
 
-def _pcg_solve(st: dict[str, Tensor], rhs: Tensor, lam2: float, tau: float, K: int) -> Tensor:
+def _pcg_solve(
+    st: dict[str, Tensor], rhs: Tensor, lam2: float, tau: float, K: int, maxiter: int = 500
+) -> Tensor:
     """Matrix-free preconditioned CG on ``(P H P + I − P) u = rhs`` in face coordinates.
 
     Hessian products cost two passes over the active features; the preconditioner is the same
@@ -508,7 +510,7 @@ def _pcg_solve(st: dict[str, Tensor], rhs: Tensor, lam2: float, tau: float, K: i
     p = z
     rz = (r * z).sum(-1)
     bn = rhs.norm(dim=-1).clamp_min(1e-300)
-    for _ in range(500):
+    for _ in range(maxiter):
         if bool((r.norm(dim=-1) <= tol * bn).all()):
             break
         Ap = matvec(p)
