@@ -28,7 +28,7 @@ _HEAD_OPTIONS: dict[str, dict[str, Any]] = {
 
 
 def demo_config(head: str, output: Path, steps: int, seed: int) -> Config:
-    """The demo's run: Conv-4 on glyphs, 5-way 5-shot training episodes, two epochs."""
+    """The demo's run: Conv-4 on glyphs, 4 episodes of 5-way 5-shot per step, two epochs."""
     return from_dict(
         {
             "name": f"demo_{head}",
@@ -38,8 +38,8 @@ def demo_config(head: str, output: Path, steps: int, seed: int) -> Config:
             "train": {
                 "way": 5,
                 "shot": 5,
-                "query": 6,
-                "episodes_per_batch": 8,
+                "query": 5,
+                "episodes_per_batch": 4,
                 "batches_per_epoch": max(steps // 2, 1),
                 "epochs": 2,
                 "lr": 0.1,
@@ -99,7 +99,7 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("demo", help="train + test on the built-in glyph dataset (~5 CPU minutes)")
     p.add_argument("--output", default="runs/demo")
     p.add_argument("--heads", nargs="+", default=list(DEMO_HEADS))
-    p.add_argument("--steps", type=int, default=200, help="training steps per head")
+    p.add_argument("--steps", type=int, default=150, help="training steps per head")
     p.add_argument("--episodes", type=int, default=500, help="test episodes per setting")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")

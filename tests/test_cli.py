@@ -1,0 +1,137 @@
+"""The command line, end to end on the built-in data, plus its error messages."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from metasparse.cli import build_parser, main
+
+
+def test_help_lists_commands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for cmd in ("train", "test", "omniglot-runs", "demo", "data", "synthetic"):
+        assert cmd in out
+
+
+def test_train_then_test_writes_results_json(tmp_path, capsys):
+    run = tmp_path / "cli"
+    rc = main(
+        [
+            "train",
+            "--no-progress",
+            "name=cli",
+            f"output_dir={run}",
+            "train.way=5",
+            "train.shot=1",
+            "train.query=2",
+            "train.episodes_per_batch=2",
+            "train.batches_per_epoch=3",
+            "train.epochs=1",
+            "val.episodes=4",
+            "model.backbone_options.hidden=8",
+            "model.backbone_options.out_channels=8",
+        ]
+    )
+    assert rc == 0
+    out = tmp_path / "results.json"
+    rc = main(
+        [
+            "test",
+            "--checkpoint",
+            str(run / "checkpoints/best.pt"),
+            "--way",
+            "5",
+            "3",
+            "--shot",
+            "1",
+            "2",
+            "--query",
+            "3",
+            "--episodes",
+            "6",
+            "--output",
+            str(out),
+            "--no-progress",
+        ]
+    )
+    assert rc == 0
+    results = json.loads(out.read_text())
+    assert len(results) == 4
+    for r in results:
+        assert {"way", "shot", "query", "episodes", "accuracy", "ci95", "head"} <= set(r)
+        assert 0.0 <= r["accuracy"] <= 100.0 and r["episodes"] == 6 and r["head"] == "proto"
+    table = capsys.readouterr().out
+    assert "±" in table
+
+
+def test_errors_are_one_line_and_named(tmp_path, capsys):
+    assert main(["train", "--no-progress", "train.epoch=2"]) == 2
+    assert "did you mean 'epochs'" in capsys.readouterr().err
+    assert main(["test", "--checkpoint", str(tmp_path / "none.pt")]) == 2
+    assert "not found" in capsys.readouterr().err
+    rc = main(
+        [
+            "train",
+            "--no-progress",
+            f"output_dir={tmp_path}/x",
+            "data.name=omniglot",
+            f"data.root={tmp_path}/nothing-here",
+        ]
+    )
+    assert rc == 2
+    assert "images_background" in capsys.readouterr().err
+
+
+def test_parser_builds():
+    assert build_parser().prog == "metasparse"
+
+
+def test_demo_trains_tests_and_reports(tmp_path, capsys):
+    out = tmp_path / "demo"
+    rc = main(
+        [
+            "demo",
+            "--heads",
+            "proto",
+            "ridge",
+            "--steps",
+            "4",
+            "--episodes",
+            "10",
+            "--output",
+            str(out),
+            "--no-progress",
+        ]
+    )
+    assert rc == 0
+    results = json.loads((out / "results.json").read_text())
+    assert {(r["head"], r["shot"]) for r in results} == {
+        ("proto", 1),
+        ("proto", 5),
+        ("ridge", 1),
+        ("ridge", 5),
+    }
+    text = capsys.readouterr().out
+    assert "5-way 1-shot" in text and "chance 20.0%" in text
+    # a second demo in the same folder starts afresh instead of refusing
+    assert (
+        main(
+            [
+                "demo",
+                "--heads",
+                "proto",
+                "--steps",
+                "2",
+                "--episodes",
+                "4",
+                "--output",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
