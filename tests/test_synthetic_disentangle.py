@@ -51,7 +51,7 @@ def test_ridge_fit_matches_normal_equations() -> None:
 
 def test_unknown_head_and_bad_config_raise() -> None:
     with pytest.raises(ValueError, match="inner head"):
-        train_bilevel(BilevelConfig(steps=0, **_TINY), DEFAULT_SETTINGS[0], "svm", 0.1, 0)
+        train_bilevel(BilevelConfig(steps=0, **_TINY), DEFAULT_SETTINGS[0], "knn", 0.1, 0)
     with pytest.raises(ValueError, match="tasks_per_step"):
         BilevelConfig(tasks_per_step=0)
 
@@ -96,3 +96,13 @@ def test_setting_coupling_is_used_by_the_task_stream() -> None:
     cfg = BilevelConfig(steps=0, **_TINY)
     out = train_bilevel(cfg, Setting("violated", 0.0, ((0, 2),)), "ridge", 1.0, seed=0)
     assert out["coupled"] == "0-2" and 0.0 <= out["mcc_coupled"] <= 1.0
+
+
+def test_classification_variant_uses_the_group_sparse_svm_head(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="n_outputs >= 2"):
+        train_bilevel(BilevelConfig(steps=1, **_TINY), DEFAULT_SETTINGS[0], "svm", 0.1, 0)
+    cfg = BilevelConfig(steps=3, n_outputs=3, **(_TINY | {"n_factors": 4}))
+    out = train_bilevel(cfg, DEFAULT_SETTINGS[0], "svm", 0.1, seed=0)
+    assert out["head"] == "svm" and out["lam_ratio"] == 0.1
+    assert np.isfinite(out["query_loss"]) and 0.0 < out["active_fraction"] <= 1.0
+    assert out["mcc"] != out["mcc_init"]  # the encoder moved through the SVM's implicit gradient

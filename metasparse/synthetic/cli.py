@@ -109,7 +109,10 @@ def _run_disentangle(args: argparse.Namespace) -> int:
     settings = tuple(known[s] for s in args.settings)
     out = Path(args.output)
     start = time.perf_counter()
-    rows = run_study(cfg, settings, args.ratios, args.seeds, out, not args.no_tensorboard)
+    heads = ("lasso", "ridge", "svm") if args.classification else ("lasso", "ridge")
+    rows = run_study(
+        cfg, settings, args.ratios, args.seeds, out, not args.no_tensorboard, heads=heads
+    )
     print("\nmean MCC over seeds (Lasso per λ/λ_max | Ridge | Ridge+ICA):")
     mean = aggregate(rows, "mcc")
     ica = aggregate(rows, "mcc_ica")
@@ -232,5 +235,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--solver-tol", type=float, default=1e-6, help="relative duality gap of the inner Lasso"
     )
     dis.add_argument("--eval-samples", type=int, default=2000, help="samples for MCC/DCI")
+    dis.add_argument(
+        "--classification",
+        action="store_true",
+        help="also run the classification variant: labels = argmax of --n-outputs task scores, "
+        "group-sparse SVM heads at each ratio, cross-entropy query loss (needs --n-outputs >= 2)",
+    )
     dis.add_argument("--no-tensorboard", action="store_true", help="skip TensorBoard logs")
     dis.set_defaults(func=_run_disentangle)

@@ -38,7 +38,8 @@ __all__ = [
     "train_bilevel",
 ]
 
-HEADS = ("lasso", "ridge")
+HEADS = ("lasso", "ridge", "svm")
+_SPARSE = ("lasso", "svm")  # heads that take a λ/λ_max ratio
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,8 @@ class BilevelConfig:
     solver_max_iter: int = 1000
     eval_samples: int = 2000
     eval_every: int = 50
+    svm_lam2: float = 1.0
+    svm_tau: float = 0.5
 
     def __post_init__(self) -> None:
         for name in ("n_factors", "n_outputs", "n_support", "n_query", "tasks_per_step", "hidden"):
@@ -140,6 +143,37 @@ def _ica_mcc(z: np.ndarray, feats: np.ndarray, seed: int) -> float:
     return mcc(z, s)
 
 
+def _svm_query_loss(
+    fs: Tensor,
+    fq: Tensor,
+    ys: Tensor,
+    yq: Tensor,
+    lam_ratio: float,
+    cfg: BilevelConfig,
+    log_scale: Tensor,
+) -> tuple[Tensor, float]:
+    """Classification variant: labels are the argmax of the task's scores, the head is the
+    group-sparse SVM of the meta-learning head (implicit gradients), the loss cross-entropy."""
+    from metasparse.solvers.group_sparse_svm import solve_group_sparse_svm
+
+    labels_s = ys.argmax(-1)
+    labels_q = yq.argmax(-1)
+    res = solve_group_sparse_svm(
+        fs.double(),
+        labels_s,
+        ys.shape[-1],
+        lam_ratio=lam_ratio,
+        lam2=cfg.svm_lam2,
+        tau=cfg.svm_tau,
+        tol=cfg.solver_tol,
+    )
+    logits = torch.exp(log_scale) * (fq @ res.weights.float().transpose(1, 2))
+    loss = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels_q.reshape(-1)
+    )
+    return loss, float(res.features_used.mean())
+
+
 def train_bilevel(
     cfg: BilevelConfig,
     setting: Setting,
@@ -155,6 +189,11 @@ def train_bilevel(
     """
     if head not in HEADS:
         raise ValueError(f"unknown inner head {head!r}; use one of {HEADS}")
+    if head == "svm" and cfg.n_outputs < 2:
+        raise ValueError(
+            "the classification variant (head 'svm') labels each sample by the argmax of "
+            f"n_outputs task scores; pass n_outputs >= 2 (classes), got {cfg.n_outputs}"
+        )
     spec = TaskSpec(
         n_factors=cfg.n_factors,
         correlation=setting.correlation,
@@ -178,7 +217,9 @@ def train_bilevel(
     rng_tasks = np.random.default_rng([seed, 2])
     torch.manual_seed(seed)
     encoder = make_encoder(m, m, cfg.hidden)
-    opt = torch.optim.Adam(encoder.parameters(), lr=cfg.lr)
+    log_scale = torch.zeros((), requires_grad=True)  # learnable logit scale (MetaOptNet)
+    params = [*encoder.parameters(), log_scale] if head == "svm" else encoder.parameters()
+    opt = torch.optim.Adam(params, lr=cfg.lr)
     solver = GroupLassoSolver(lam_ratio=lam_ratio, tol=cfg.solver_tol, max_iter=cfg.solver_max_iter)
 
     mcc_init = mcc(z_eval, _encode_eval(encoder, x_eval))
@@ -197,20 +238,24 @@ def train_bilevel(
         fs, fq = feats[:, : cfg.n_support], feats[:, cfg.n_support :]
         ys = torch.as_tensor(batch.y_support, dtype=torch.float32)
         yq = torch.as_tensor(batch.y_query, dtype=torch.float32)
-        if head == "lasso":
-            res = solver.run(fs, ys)
-            W = res.W
-            active_frac.append(float(res.active.float().mean()))
+        if head == "svm":
+            loss, used = _svm_query_loss(fs, fq, ys, yq, lam_ratio, cfg, log_scale)
+            active_frac.append(used)
         else:
-            W = ridge_fit(fs, ys, cfg.ridge_ratio)
-        loss = ((fq @ W - yq) ** 2).mean()
+            if head == "lasso":
+                res = solver.run(fs, ys)
+                W = res.W
+                active_frac.append(float(res.active.float().mean()))
+            else:
+                W = ridge_fit(fs, ys, cfg.ridge_ratio)
+            loss = ((fq @ W - yq) ** 2).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
         if writer is not None:
             writer.add_scalar("query_loss", losses[-1], step)
-            if active_frac and head == "lasso":
+            if active_frac:
                 writer.add_scalar("active_fraction", active_frac[-1], step)
         if writer is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
             writer.add_scalar("mcc", mcc(z_eval, _encode_eval(encoder, x_eval)), step)
@@ -226,7 +271,7 @@ def train_bilevel(
         "correlation": setting.correlation,
         "coupled": ";".join(f"{a}-{b}" for a, b in setting.coupled),
         "head": head,
-        "lam_ratio": lam_ratio if head == "lasso" else math.nan,
+        "lam_ratio": lam_ratio if head in _SPARSE else math.nan,
         "seed": seed,
         "mcc_init": mcc_init,
         "mcc": match.value,
@@ -278,8 +323,13 @@ def run_study(
     seeds: int,
     output: Path,
     tensorboard: bool = True,
+    heads: tuple[str, ...] = ("lasso", "ridge"),
 ) -> list[dict[str, Any]]:
-    """Every setting × (Lasso at each ratio, Ridge) × seed; write CSV, JSON, plot, TensorBoard."""
+    """Every setting × head (sparse heads at each ratio, Ridge once) × seed; write CSV, JSON,
+    plot and TensorBoard logs."""
+    unknown = [h for h in heads if h not in HEADS]
+    if unknown:
+        raise ValueError(f"unknown head(s) {unknown}; choose from {HEADS}")
     from metasparse.synthetic.generalization import write_csv
     from metasparse.utils import atomic_write_json
 
@@ -300,13 +350,12 @@ def run_study(
 
         writer_cls = SummaryWriter
     rows: list[dict[str, Any]] = []
-    runs = [(st, "lasso", r) for st in settings for r in ratios] + [
-        (st, "ridge", 1.0) for st in settings
-    ]
+    runs = [(st, h, r) for h in heads if h in _SPARSE for st in settings for r in ratios]
+    runs += [(st, "ridge", 1.0) for st in settings if "ridge" in heads]
     start = time.perf_counter()
     for seed in range(seeds):
         for st, head, ratio in runs:
-            name = f"{st.name}_{head}" + (f"_r{ratio:g}" if head == "lasso" else "")
+            name = f"{st.name}_{head}" + (f"_r{ratio:g}" if head in _SPARSE else "")
             writer = (
                 None
                 if writer_cls is None
@@ -370,17 +419,19 @@ def plot_mcc_vs_ratio(rows: list[dict[str, Any]], path: Path) -> None:
         agg_init = aggregate(rows, "mcc_init") if key == "mcc" else {}
         for i, st in enumerate(settings):
             c = colors[i % len(colors)]
-            pts = sorted((k[2], v) for k, v in agg.items() if k[0] == st and k[1] == "lasso")
-            if pts:
-                ax.errorbar(
-                    [p[0] for p in pts],
-                    [p[1][0] for p in pts],
-                    yerr=[p[1][1] for p in pts],
-                    color=c,
-                    marker="o",
-                    capsize=3,
-                    label=f"{st}: sparse (Lasso) heads",
-                )
+            for head, marker, name in (("lasso", "o", "Lasso"), ("svm", "s", "group-sparse SVM")):
+                pts = sorted((k[2], v) for k, v in agg.items() if k[0] == st and k[1] == head)
+                if pts:
+                    ax.errorbar(
+                        [p[0] for p in pts],
+                        [p[1][0] for p in pts],
+                        yerr=[p[1][1] for p in pts],
+                        color=c,
+                        marker=marker,
+                        ls="-" if head == "lasso" else (0, (5, 1)),
+                        capsize=3,
+                        label=f"{st}: {name} heads",
+                    )
             if (st, "ridge", -1.0) in agg:
                 ax.axhline(
                     agg[(st, "ridge", -1.0)][0],
@@ -401,7 +452,7 @@ def plot_mcc_vs_ratio(rows: list[dict[str, Any]], path: Path) -> None:
                 init = np.mean([v[0] for k, v in agg_init.items() if k[0] == st])
                 ax.axhline(init, color=c, ls=":", lw=1.0, label=f"{st}: at initialization")
         ax.set_xscale("log")
-        ratios = sorted({r["lam_ratio"] for r in rows if r["head"] == "lasso"})
+        ratios = sorted({r["lam_ratio"] for r in rows if r["head"] in _SPARSE})
         ax.set_xticks(ratios, [f"{r:g}" for r in ratios])
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("inner λ / λ_max")
