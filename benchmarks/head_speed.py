@@ -128,14 +128,14 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 
 VARIANTS = {
-    "FISTA + restart": {"method": "fista", "newton": False},
-    "FISTA + restart + Newton polish (default)": {"method": "fista", "newton": True},
+    "FISTA + restart (default)": {"method": "fista", "newton": False},
+    "FISTA + restart + Newton polish": {"method": "fista", "newton": True},
     "FISTA + restart + Newton + working set": {
         "method": "fista",
         "newton": True,
         "working_set": True,
     },
-    "plain PGD": {"method": "pgd", "newton": False, "max_iter": 3000},
+    "plain PGD": {"method": "pgd", "newton": False, "max_iter": 1000},
 }
 
 

@@ -192,6 +192,11 @@ def test_warm_start_and_pgd_certify():
         X, labels, 3, lam_ratio=0.5, lam2=0.5, tau=0.1, tol=1e-8, working_set=True
     )
     assert bool(ws.converged.all())
+    newton = solve_group_sparse_svm(
+        X, labels, 3, lam_ratio=0.1, lam2=0.5, tau=0.1, tol=1e-8, newton=True
+    )
+    assert bool(newton.converged.all())
+    assert torch.allclose(newton.weights, cold.weights, atol=1e-4 * float(cold.weights.abs().max()))
 
 
 def _degenerate_cases():
