@@ -128,8 +128,8 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 
 VARIANTS = {
-    "FISTA + restart (default)": {"method": "fista", "newton": False},
-    "FISTA + restart + Newton polish": {"method": "fista", "newton": True},
+    "FISTA + restart": {"method": "fista", "newton": False},
+    "FISTA + restart + Newton polish (default)": {"method": "fista", "newton": True},
     "FISTA + restart + Newton + working set": {
         "method": "fista",
         "newton": True,

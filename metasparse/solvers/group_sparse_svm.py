@@ -191,8 +191,9 @@ class GroupSparseSVMSolver:
         newton: once a task's gap is below ``newton_below``, try a Newton step on the current
             simplex faces at each gap evaluation (Hessian solved by ≤ 10 preconditioned CG steps,
             see :mod:`metasparse.solvers.implicit`); kept only where it lowers the certified
-            gap, and not tried again for a task after a rejected step. Off by default: it
-            halves the iterations but costs more than it saves at p = 2560 (head_speed.md).
+            gap, and not tried again for a task after a rejected step. On by default: it cuts
+            iterations 2-3x; at p = 16000 that wins clearly, at p = 2560 it costs ≤ 16%
+            (benchmarks/head_speed.md).
         working_set: restrict iterations to features whose ``‖M_j‖`` exceeds ``ws_margin·λ1``
             (re-checked on all features at every gap evaluation; the certificate always uses all
             features).
@@ -206,7 +207,7 @@ class GroupSparseSVMSolver:
     check_every: int = 10
     working_set: bool = False
     ws_margin: float = 0.5
-    newton: bool = False
+    newton: bool = True
     newton_below: float = 1e-2
 
     def __post_init__(self) -> None:
@@ -427,7 +428,7 @@ def solve_group_sparse_svm(
     max_iter: int = 5000,
     method: str = "fista",
     working_set: bool = False,
-    newton: bool = False,
+    newton: bool = True,
     init: Tensor | None = None,
     backward: str = "auto",
 ) -> GroupSparseSVMResult:
