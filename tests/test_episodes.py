@@ -164,16 +164,18 @@ def test_loader_argument_errors():
         episode_loader(toy_dataset(sizes=[2, 9, 9]), 3, 1, 2, 2, 3, seed=0)
 
 
-def test_sampling_is_fast_on_many_classes():
-    """Index arithmetic only: 1000 episodes over 5000 classes in well under a second."""
-    import time
+def test_sampling_on_many_classes_is_consistent():
+    """5000 classes: every episode has distinct classes and items drawn from those classes.
 
+    (Its speed is a benchmark matter, not a timed unit test.)
+    """
     labels = np.repeat(np.arange(5000), 20)
     ds = ArrayDataset(
         np.zeros((labels.size, 4, 4), np.uint8), labels, [str(i) for i in range(5000)]
     )
-    eps = EpisodeDataset(ds, 20, 5, 5, num_episodes=1000, seed=0)
-    start = time.perf_counter()
-    for i in range(1000):
-        eps.sample_indices(i)
-    assert time.perf_counter() - start < 2.0
+    eps = EpisodeDataset(ds, 20, 5, 5, num_episodes=200, seed=0)
+    for i in range(200):
+        classes, items = eps.sample_indices(i)
+        assert len(set(classes.tolist())) == 20
+        assert (labels[items] == classes[:, None]).all()
+        assert all(len(set(row.tolist())) == 10 for row in items)
