@@ -24,11 +24,10 @@ from typing import Any
 import numpy as np
 
 from metasparse.data import prepared, safe_pickle, splits_catalog
-from metasparse.data.base import ArrayDataset, FewShotDataset
+from metasparse.data.base import FewShotDataset
 from metasparse.data.learn2learn_cache import decode_image, l2l_cifarfs_folder, list_image_folder
 from metasparse.data.miniimagenet import read_metaoptnet_pickle
 from metasparse.data.registry import SPLITS
-from metasparse.data.transforms import build_transform
 
 IMAGE_SHAPE = (32, 32, 3)
 BENCHMARKS = ("cifar-fs", "fc100")
@@ -317,15 +316,12 @@ def _build(
     verify: bool = False,
     **options: Any,
 ) -> FewShotDataset:
-    if options:
-        raise ValueError(
-            f"unknown {benchmark} option(s) {sorted(options)}; accepted: image_size, cache_dir, "
-            "verify"
-        )
-    root = prepared.default_root(root, benchmark)
-    cache = Path(cache_dir) if cache_dir is not None else None
-    images, labels, names, _ = load_split_arrays(benchmark, root, split, cache, verify)
-    return ArrayDataset(images, labels, names, build_transform(benchmark, augment, image_size))
+    def load(root: Path, split: str, cache: Path | None, verify: bool) -> Any:
+        return load_split_arrays(benchmark, root, split, cache, verify)
+
+    return prepared.build_array_split(
+        benchmark, load, root, split, augment, image_size, cache_dir, verify, options
+    )
 
 
 def build_cifar_fs(root: Path | None, split: str, augment: bool, **options: Any) -> FewShotDataset:

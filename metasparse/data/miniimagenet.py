@@ -23,10 +23,9 @@ from typing import Any
 import numpy as np
 
 from metasparse.data import prepared, safe_pickle
-from metasparse.data.base import ArrayDataset, FewShotDataset
+from metasparse.data.base import FewShotDataset
 from metasparse.data.learn2learn_cache import decode_image, l2l_mini_file, read_l2l_miniimagenet
 from metasparse.data.registry import SPLITS
-from metasparse.data.transforms import build_transform
 
 NAME = "miniimagenet"
 IMAGE_SHAPE = (84, 84, 3)
@@ -244,15 +243,9 @@ def build(
         cache_dir: where decoded JPEGs are cached (default ``$METASPARSE_CACHE``).
         verify: re-hash prepared files against the manifest's sha256.
     """
-    if options:
-        raise ValueError(
-            f"unknown miniimagenet option(s) {sorted(options)}; accepted: image_size, cache_dir, "
-            "verify"
-        )
-    root = prepared.default_root(root, NAME)
-    cache = Path(cache_dir) if cache_dir is not None else None
-    images, labels, names, _ = load_split_arrays(root, split, cache, verify)
-    return ArrayDataset(images, labels, names, build_transform(NAME, augment, image_size))
+    return prepared.build_array_split(
+        NAME, load_split_arrays, root, split, augment, image_size, cache_dir, verify, options
+    )
 
 
 def convert(src: Path, dst: Path, to: str = "metaoptnet", cache_dir: Path | None = None) -> Path:

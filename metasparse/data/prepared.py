@@ -331,3 +331,27 @@ def default_root(root: Path | None, name: str) -> Path:
         f"no data root for {name}: set data.root in the config or the METASPARSE_DATA environment "
         f"variable (the folder holding {name}/)"
     )
+
+
+def build_array_split(
+    benchmark: str,
+    load: Callable[[Path, str, Path | None, bool], tuple[np.ndarray, np.ndarray, list[str], str]],
+    root: Path | None,
+    split: str,
+    augment: bool,
+    image_size: int | None,
+    cache_dir: str | os.PathLike[str] | None,
+    verify: bool,
+    options: dict[str, Any],
+) -> ArrayDataset:
+    """The shared tail of the benchmark builders: check options, load arrays, add the transform."""
+    from metasparse.data.transforms import build_transform
+
+    if options:
+        raise ValueError(
+            f"unknown {benchmark} option(s) {sorted(options)}; accepted: image_size, cache_dir, "
+            "verify"
+        )
+    cache = Path(cache_dir) if cache_dir is not None else None
+    images, labels, names, _ = load(default_root(root, benchmark), split, cache, verify)
+    return ArrayDataset(images, labels, names, build_transform(benchmark, augment, image_size))

@@ -19,10 +19,9 @@ from typing import Any
 import numpy as np
 
 from metasparse.data import prepared, safe_pickle
-from metasparse.data.base import ArrayDataset, FewShotDataset
+from metasparse.data.base import FewShotDataset
 from metasparse.data.learn2learn_cache import decode_image
 from metasparse.data.registry import SPLITS
-from metasparse.data.transforms import build_transform
 
 NAME = "tieredimagenet"
 IMAGE_SHAPE = (84, 84, 3)
@@ -170,12 +169,6 @@ def build(
 
     Options: ``image_size`` (default 84), ``cache_dir`` (decoded PNG cache), ``verify``.
     """
-    if options:
-        raise ValueError(
-            f"unknown tieredimagenet option(s) {sorted(options)}; accepted: image_size, "
-            "cache_dir, verify"
-        )
-    root = prepared.default_root(root, NAME)
-    cache = Path(cache_dir) if cache_dir is not None else None
-    images, labels, names, _ = load_split_arrays(root, split, cache, verify)
-    return ArrayDataset(images, labels, names, build_transform(NAME, augment, image_size))
+    return prepared.build_array_split(
+        NAME, load_split_arrays, root, split, augment, image_size, cache_dir, verify, options
+    )
