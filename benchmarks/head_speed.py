@@ -128,14 +128,10 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 
 VARIANTS = {
-    "FISTA + restart": {"method": "fista", "newton": False},
-    "FISTA + restart + Newton polish (default)": {"method": "fista", "newton": True},
-    "FISTA + restart + Newton + working set": {
-        "method": "fista",
-        "newton": True,
-        "working_set": True,
-    },
-    "plain PGD": {"method": "pgd", "newton": False, "max_iter": 1000},
+    "vmfista, rank 8 (default)": {"method": "vmfista", "rank": 8},
+    "vmfista, rank 2": {"method": "vmfista", "rank": 2},
+    "FISTA + restart (scalar metric)": {"method": "fista"},
+    "plain PGD": {"method": "pgd", "max_iter": 1000},
 }
 
 

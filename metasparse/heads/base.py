@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from metasparse.utils import all_finite
+
 HeadStats = dict[str, float]
 
 
@@ -42,7 +44,7 @@ def check_episode(query: Tensor, support: Tensor, support_labels: Tensor, n_way:
             f"[{int(support_labels.min())}, {int(support_labels.max())}]"
         )
     for name, t in (("support", support), ("query", query)):
-        if not torch.isfinite(t).all():
+        if not all_finite(t):
             raise ValueError(
                 f"{name} features contain NaN or Inf; check the backbone output (a diverged "
                 "learning rate or corrupt input images are the usual causes)"
