@@ -140,7 +140,10 @@ def test_gradient_matches_finite_differences(backward):
     assert abs(float((g * D).sum()) - fd) <= 1e-5 * max(1.0, abs(fd))
 
 
-def test_backward_solvers_agree_on_sparse_solution():
+@pytest.mark.parametrize("lam_ratio", [0.1, 0.4, 0.7])
+def test_backward_solvers_agree_on_sparse_solution(lam_ratio):
+    # 0.1: nearly all features active (the CG backward works on all of X); 0.7: at most 60%
+    # active in every task (it gathers the active features and scatters the gradient back)
     X, labels = _episode(seed=7, T=3, n=10, p=25)
     grads = []
     for backward in ("dense", "cg", "generic"):
@@ -149,7 +152,7 @@ def test_backward_solvers_agree_on_sparse_solution():
             Xg,
             labels,
             3,
-            lam_ratio=0.4,
+            lam_ratio=lam_ratio,
             lam2=0.5,
             tau=0.05,
             tol=1e-12,
@@ -157,6 +160,8 @@ def test_backward_solvers_agree_on_sparse_solution():
             max_iter=100000,
         )
         assert 0 < float(res.features_used.mean()) < 1
+        if lam_ratio == 0.7:
+            assert float(res.features_used.max()) <= 0.6
         (g,) = torch.autograd.grad(res.weights.square().sum(), Xg)
         grads.append(g)
     assert torch.allclose(grads[0], grads[2], rtol=1e-7, atol=1e-9)
@@ -197,6 +202,34 @@ def test_warm_start_and_all_methods_agree():
         assert bool(other.converged.all()), (method, rank)
         dist = (other.weights - cold.weights).flatten(1).norm(dim=-1)
         assert bool((dist <= _weight_distance_bound(other, cold, 0.5)).all()), (method, rank)
+
+
+def test_working_set_gives_the_full_problem_solution(monkeypatch):
+    # sparse solutions: the iterations run on a subset of features, violators are added back
+    # and the certificate is the full problem's
+    from metasparse.solvers.group_sparse_svm import GroupSparseSVMSolver as Solver
+
+    calls = []
+    orig = Solver._run
+
+    def spy(self, X, *args):
+        calls.append(X.shape[2])
+        return orig(self, X, *args)
+
+    monkeypatch.setattr(Solver, "_run", spy)
+    g = torch.Generator().manual_seed(11)
+    X = torch.relu(torch.randn(4, 30, 400, generator=g, dtype=torch.float64))
+    labels = torch.arange(5).repeat_interleave(6).expand(4, -1)
+    kw = dict(lam_ratio=0.6, lam2=10.0, tau=0.1, tol=1e-9)
+    ws = solve_group_sparse_svm(X, labels, 5, working_set=True, **kw)
+    assert calls and calls[0] < 400, "the working set was not used"
+    full = solve_group_sparse_svm(X, labels, 5, working_set=False, **kw)
+    assert bool(ws.converged.all()) and bool(full.converged.all())
+    Y = torch.eye(5, dtype=X.dtype)[labels]
+    _, _, gap = objectives(ws.dual.detach(), X, Y, ws.lam1, 10.0, 0.1)  # on all features
+    assert torch.allclose(gap, ws.gap, rtol=1e-6, atol=1e-12)
+    dist = (ws.weights - full.weights).flatten(1).norm(dim=-1)
+    assert bool((dist <= _weight_distance_bound(ws, full, 10.0)).all())
 
 
 def _degenerate_cases():

@@ -500,6 +500,13 @@ def _svm_backward_cg(
     safe = column_norms(Mt)  # (T, p), floored at tiny
     lam = lam1.to(dt).unsqueeze(-1)
     act = safe > lam
+    p_full = X.shape[2]
+    idx = None
+    if int(act.sum(1).max()) <= 0.6 * p_full:  # sparse solution: work on active features only
+        idx, valid = _padded_index(act)  # padding slots point at distinct inactive features
+        X = X.gather(2, idx.unsqueeze(1).expand(-1, X.shape[1], -1)) * valid.unsqueeze(1)
+        Mt = Mt.gather(2, idx.unsqueeze(1).expand(-1, Mt.shape[1], -1))
+        safe, act = safe.gather(1, idx), valid
     c = torch.where(act, lam / safe, torch.zeros_like(safe))  # λ1/‖M_j‖ on active features
     w = torch.where(act, 1.0 - c, torch.zeros_like(safe))  # tangential curvature
     Vh = Mt / safe.unsqueeze(1)
@@ -566,7 +573,11 @@ def _svm_backward_cg(
     Qt = u.transpose(1, 2) @ X
     JQ = w.unsqueeze(1) * Qt + c.unsqueeze(1) * Vh * (Vh * Qt).sum(1, keepdim=True)
     JQ = JQ * act.unsqueeze(1)
-    return torch.cat([u, R], -1) @ torch.cat([Bt, JQ], 1) / lam2
+    gX = torch.cat([u, R], -1) @ torch.cat([Bt, JQ], 1) / lam2
+    if idx is None:
+        return gX
+    full = torch.zeros(T, gX.shape[1], p_full, dtype=dt, device=X.device)
+    return full.scatter_(2, idx.unsqueeze(1).expand(-1, gX.shape[1], -1), gX)
 
 
 class _SVMDualRoot(torch.autograd.Function):
