@@ -14,6 +14,7 @@ from metasparse.solvers.implicit import (
     implicit_root,
     solve_transposed,
     svm_dual_root,
+    svm_weights,
 )
 
 __all__ = [
@@ -26,4 +27,5 @@ __all__ = [
     "solve_group_sparse_svm",
     "solve_transposed",
     "svm_dual_root",
+    "svm_weights",
 ]

@@ -161,12 +161,16 @@ def lambda_max(
     somewhat below it. Not differentiated (returned detached).
     """
     _check_inputs(support, support_labels, n_way, tau)
-    with torch.no_grad():
-        Y = _onehot(support_labels, n_way, support.dtype)
-        # same layout and operation order as the weights of solve_group_sparse_svm, so that
-        # lam_ratio = 1 gives exactly W = 0
-        Mt = (Y - _alpha_at_zero(Y, tau)).transpose(1, 2) @ support
-        return column_norms(Mt).amax(-1)
+    return _lambda_max(support, _onehot(support_labels, n_way, support.dtype), tau)
+
+
+@torch.no_grad()
+def _lambda_max(support: Tensor, Y: Tensor, tau: float) -> Tensor:
+    """:func:`lambda_max` on checked inputs (one-hot ``Y``)."""
+    # same layout and operation order as the weights of solve_group_sparse_svm, so that
+    # lam_ratio = 1 gives exactly W = 0
+    Mt = (Y - _alpha_at_zero(Y, tau)).transpose(1, 2) @ support.detach()
+    return column_norms(Mt).amax(-1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -490,7 +494,7 @@ class GroupSparseSVMSolver:
             if k >= max_iter or bool(done.all()):
                 break
             n_done = int(done.sum())
-            if n_done and 4 * n_done >= live.numel():  # compact: certified tasks leave
+            if n_done and 2 * n_done >= live.numel():  # compact: certified tasks leave
                 keep = ~done
                 live, Xb, Yb, lb, mb = live[keep], Xb[keep], Yb[keep], lb[keep], mb.index(keep)
                 a, prev, y, t, t_next, Wm, since = (
@@ -534,7 +538,8 @@ def _resolve_lam1(
     if lam_ratio is not None:
         if not float(lam_ratio) >= 0.0:
             raise ValueError(f"lam_ratio must be >= 0 (usually in (0, 1]), got {lam_ratio!r}")
-        return float(lam_ratio) * lambda_max(support, support_labels, n_way, tau=tau)
+        Y = _onehot(support_labels, n_way, support.dtype)
+        return float(lam_ratio) * _lambda_max(support, Y, tau)  # inputs already checked
     value = torch.as_tensor(lam1, dtype=support.dtype, device=support.device).detach()
     if value.dim() == 0:
         value = value.expand(T).clone()
@@ -578,7 +583,7 @@ def solve_group_sparse_svm(
     Returns:
         :class:`GroupSparseSVMResult`. Gradients treat ``λ1`` as a constant.
     """
-    from metasparse.solvers.implicit import svm_dual_root  # one autograd boundary
+    from metasparse.solvers.implicit import svm_dual_root, svm_weights  # autograd boundary
 
     _check_inputs(support, support_labels, n_way, tau)
     lam1_t = _resolve_lam1(support, support_labels, n_way, tau, lam_ratio, lam1)
@@ -599,11 +604,15 @@ def solve_group_sparse_svm(
         alpha_att = svm_dual_root(alpha, support, Y, lam1_t, lam2, tau, method="generic")
     else:
         alpha_att = svm_dual_root(alpha, support, Y, lam1_t, lam2, tau, solve=backward)
-    Mt = (Y - alpha_att).transpose(1, 2) @ support  # (T, K, p): the fast layout
-    shrink = (1.0 - lam1_t.unsqueeze(-1) / column_norms(Mt)).clamp_min(0.0)
-    weights = Mt * shrink.unsqueeze(1) / lam2  # W_j = BST(M_j, λ1)/λ2, (T, K, p)
+    n, K, p = Y.shape[1], Y.shape[2], support.shape[2]
+    if tau > 0 and (backward == "cg" or (backward == "auto" and n * K * p > 4e5)):
+        weights = svm_weights(alpha, support, Y, lam1_t, lam2, tau)  # fused backward
+    else:
+        Mt = (Y - alpha_att).transpose(1, 2) @ support  # (T, K, p): the fast layout
+        shrink = (1.0 - lam1_t.unsqueeze(-1) / column_norms(Mt)).clamp_min(0.0)
+        weights = Mt * shrink.unsqueeze(1) / lam2  # W_j = BST(M_j, λ1)/λ2, (T, K, p)
     with torch.no_grad():
-        used = ((shrink > 0) & (Mt != 0).any(1)).to(support.dtype).mean(-1)
+        used = (weights != 0).any(1).to(support.dtype).mean(-1)
     return GroupSparseSVMResult(
         weights=weights,
         dual=alpha_att,
