@@ -169,8 +169,14 @@ def _lambda_max(support: Tensor, Y: Tensor, tau: float) -> Tensor:
     """:func:`lambda_max` on checked inputs (one-hot ``Y``)."""
     # same layout and operation order as the weights of solve_group_sparse_svm, so that
     # lam_ratio = 1 gives exactly W = 0
-    Mt = (Y - _alpha_at_zero(Y, tau)).transpose(1, 2) @ support.detach()
-    return column_norms(Mt).amax(-1)
+    return column_norms(_m_at_zero(support.detach(), Y, tau)).amax(-1)
+
+
+def _m_at_zero(X: Tensor, Y: Tensor, tau: float) -> Tensor:
+    """``Mᵀ = (Y − α⁰)ᵀ X`` (T, K, p), with ``α⁰`` in float64 cast to ``X``'s dtype exactly as
+    the solver casts its iterates (so ``λ_max`` and the weights at ``α⁰`` agree bitwise)."""
+    a0 = _alpha_at_zero(Y.double(), tau)
+    return ((Y.double() - a0).to(X.dtype)).transpose(1, 2) @ X
 
 
 # --------------------------------------------------------------------------------------------
@@ -370,7 +376,12 @@ class GroupSparseSVMSolver:
 
     @torch.no_grad()
     def run(
-        self, X: Tensor, Y: Tensor, lam1: Tensor, init: Tensor | None = None
+        self,
+        X: Tensor,
+        Y: Tensor,
+        lam1: Tensor,
+        init: Tensor | None = None,
+        Mt0: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """Solve (detached). Returns ``alpha`` (float64), ``gap, iterations, primal, dual_value``.
 
@@ -378,21 +389,23 @@ class GroupSparseSVMSolver:
         the start, the iterations run on those features only (their Gram matrix has a smaller
         bulk, so the metric is tighter and each pass cheaper); the result is checked on all
         features (``‖M_j‖ ≤ λ1`` outside the set makes the restricted certificate the full
-        one) and violators are added until none is left.
+        one) and violators are added until none is left. ``Mt0`` (optional) is ``(Y − α)ᵀX`` at
+        the starting point, when the caller has it already (one pass over ``X`` saved).
         """
         T = Y.shape[0]
         p = X.shape[2]
         Y64 = Y.double()
         alpha = _alpha_at_zero(Y64, self.tau) if init is None else project_simplex(init.double())
         if not self.working_set or self.method == "pgd":
-            return self._run(X, Y64, lam1, alpha, self.max_iter)
+            return self._run(X, Y64, lam1, alpha, self.max_iter, Mt0)
         from metasparse.solvers.implicit import _padded_index
 
         lam = lam1.to(X.dtype).unsqueeze(-1)
-        nrm = column_norms(((Y64 - alpha).to(X.dtype)).transpose(1, 2) @ X)
-        ws = nrm > self.ws_threshold * lam
+        if Mt0 is None:
+            Mt0 = ((Y64 - alpha).to(X.dtype)).transpose(1, 2) @ X
+        ws = column_norms(Mt0) > self.ws_threshold * lam
         if int(ws.sum(1).max()) > self.ws_max * p:
-            return self._run(X, Y64, lam1, alpha, self.max_iter)
+            return self._run(X, Y64, lam1, alpha, self.max_iter, Mt0)
         gap = torch.full((T,), float("inf"), dtype=torch.float64, device=X.device)
         P, Dv = torch.zeros_like(gap), torch.zeros_like(gap)
         iters = torch.zeros(T, dtype=torch.long, device=X.device)
@@ -422,7 +435,13 @@ class GroupSparseSVMSolver:
         return alpha, gap, iters, P, Dv
 
     def _run(
-        self, X: Tensor, Y: Tensor, lam1: Tensor, alpha: Tensor, max_iter: int
+        self,
+        X: Tensor,
+        Y: Tensor,
+        lam1: Tensor,
+        alpha: Tensor,
+        max_iter: int,
+        Mt: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """The iterations on a fixed feature set, from the feasible float64 ``alpha``.
 
@@ -448,7 +467,8 @@ class GroupSparseSVMSolver:
         live = torch.arange(T, device=X.device)  # task ids of the batch rows
         Xb, Yb, lb, mb = X, Y, lam1, metric
         a = alpha
-        Mt = ((Yb - a).to(dt)).transpose(1, 2) @ Xb  # (B, K, p): fast layout for both passes
+        if Mt is None:
+            Mt = ((Yb - a).to(dt)).transpose(1, 2) @ Xb  # (B, K, p): fast layout for both passes
         prev, Mt_prev = a, Mt
         t = torch.ones(T, 1, 1, dtype=torch.float64, device=X.device)
         Wm = torch.zeros(T, mb.V.shape[-1], K, dtype=torch.float64, device=X.device)
@@ -528,6 +548,7 @@ def _resolve_lam1(
     tau: float,
     lam_ratio: float | None,
     lam1: float | Tensor | None,
+    lam_max: Tensor | None = None,
 ) -> Tensor:
     """Per-task absolute ``λ1`` from exactly one of ``lam_ratio`` (× λ_max) or ``lam1``."""
     T = support.shape[0]
@@ -538,8 +559,9 @@ def _resolve_lam1(
     if lam_ratio is not None:
         if not float(lam_ratio) >= 0.0:
             raise ValueError(f"lam_ratio must be >= 0 (usually in (0, 1]), got {lam_ratio!r}")
-        Y = _onehot(support_labels, n_way, support.dtype)
-        return float(lam_ratio) * _lambda_max(support, Y, tau)  # inputs already checked
+        if lam_max is None:  # inputs already checked
+            lam_max = _lambda_max(support, _onehot(support_labels, n_way, support.dtype), tau)
+        return float(lam_ratio) * lam_max
     value = torch.as_tensor(lam1, dtype=support.dtype, device=support.device).detach()
     if value.dim() == 0:
         value = value.expand(T).clone()
@@ -586,7 +608,11 @@ def solve_group_sparse_svm(
     from metasparse.solvers.implicit import svm_dual_root, svm_weights  # autograd boundary
 
     _check_inputs(support, support_labels, n_way, tau)
-    lam1_t = _resolve_lam1(support, support_labels, n_way, tau, lam_ratio, lam1)
+    Y = _onehot(support_labels, n_way, support.dtype)
+    X = support.detach()
+    Mt0 = _m_at_zero(X, Y, tau) if init is None else None  # shared: λ_max and the first step
+    lam_max = None if Mt0 is None else column_norms(Mt0).amax(-1)
+    lam1_t = _resolve_lam1(support, support_labels, n_way, tau, lam_ratio, lam1, lam_max)
     solver = GroupSparseSVMSolver(
         lam2=lam2,
         tau=tau,
@@ -596,9 +622,7 @@ def solve_group_sparse_svm(
         rank=rank,
         working_set=working_set,
     )
-    Y = _onehot(support_labels, n_way, support.dtype)
-    X = support.detach()
-    alpha, gap, iters, P, Dv = solver.run(X, Y, lam1_t, init=init)
+    alpha, gap, iters, P, Dv = solver.run(X, Y, lam1_t, init=init, Mt0=Mt0)
     alpha, gap, P, Dv = (v.to(support.dtype) for v in (alpha, gap, P, Dv))
     if backward == "generic":
         alpha_att = svm_dual_root(alpha, support, Y, lam1_t, lam2, tau, method="generic")

@@ -492,6 +492,7 @@ def _svm_backward_cg(
     grad_alpha: Tensor | None,
     grad_weights: Tensor | None = None,
     maxiter: int = 200,
+    Mt: Tensor | None = None,
 ) -> Tensor:
     """``X̄ = −(∂_X ∇D)ᵀ u`` with ``(P H P + I − P) u = P ᾱ``, matrix-free (τ > 0).
 
@@ -512,7 +513,8 @@ def _svm_backward_cg(
     dt = X.dtype
     f64 = torch.float64
     R = (Y - alpha).to(dt)
-    Mt = R.transpose(1, 2) @ X  # (T, K, p)
+    if Mt is None:
+        Mt = R.transpose(1, 2) @ X  # (T, K, p)
     safe = column_norms(Mt)  # (T, p), floored at tiny
     lam = lam1.to(dt).unsqueeze(-1)
     act = safe > lam
@@ -659,18 +661,18 @@ class _SVMWeights(torch.autograd.Function):
         lam2, _ = hp
         Mt = (Y - alpha).transpose(1, 2) @ X  # (T, K, p): the fast layout
         shrink = (1.0 - lam1.unsqueeze(-1) / column_norms(Mt)).clamp_min(0.0)
-        ctx.save_for_backward(X, alpha, Y, lam1)
+        ctx.save_for_backward(X, alpha, Y, lam1, Mt)  # Mt saves the backward a pass over X
         ctx.hp = hp
         return Mt * shrink.unsqueeze(1) / lam2
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_w: Tensor) -> tuple[Tensor | None, ...]:
-        X, alpha, Y, lam1 = ctx.saved_tensors
+        X, alpha, Y, lam1, Mt = ctx.saved_tensors
         lam2, tau = ctx.hp
         if not ctx.needs_input_grad[0]:
             return None, None, None, None, None
-        gX = _svm_backward_cg(alpha, X.detach(), Y, lam1, lam2, tau, None, grad_w)
+        gX = _svm_backward_cg(alpha, X.detach(), Y, lam1, lam2, tau, None, grad_w, Mt=Mt)
         return gX, None, None, None, None
 
 
