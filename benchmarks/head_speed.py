@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                         used = float((W.detach().norm(dim=1) > 0).double().mean())
                         info = {"gap": float(gap.max()), "used": used, "iters": 5}
                     else:
-                        max_iter = 5 if "5 it" in method else 5000
+                        max_iter = int(method.split()[1]) if " it" in method else 5000
                         res = solve_group_sparse_svm(
                             s,
                             labels,
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             for ratio in args.ratios:
                 methods += [
                     ("ours (gap ≤ 1e-5)", ratio),
-                    ("ours, 5 it", ratio),
+                    ("ours 5 it", ratio),
                     ("PGD 5 steps (paper)", ratio),
                 ]
             times: dict[int, list[float]] = {i: [] for i in range(len(methods))}
@@ -108,7 +108,29 @@ def run(args: argparse.Namespace) -> list[dict]:
                     ms, infos[i] = _timed(f, args.device)
                     times[i].append(ms)
             qp_ms = statistics.median(times[0])
-            for i, (m, r) in enumerate(methods):
+            # "at PGD's time": the most iterations whose median time stays within PGD's
+            for ratio in args.ratios:
+                pgd_i = next(
+                    i for i, (m, r) in enumerate(methods) if m.startswith("PGD") and r == ratio
+                )
+                budget = statistics.median(times[pgd_i])
+                best = None
+                for k in (1, 2, 3, 5, 8, 12, 20, 30):
+                    f = make(f"ours {k} it", ratio)
+                    _timed(f, args.device)
+                    runs = [_timed(f, args.device) for _ in range(max(1, args.repeats))]
+                    ms = statistics.median(t for t, _ in runs)
+                    if ms > budget:
+                        break
+                    best = (k, ms, runs[-1][1])
+                if best is not None:
+                    k, ms, info = best
+                    methods.append((f"ours {k} it (within PGD's time)", ratio))
+                    times[len(methods) - 1] = [ms]
+                    infos[len(methods) - 1] = info
+            order = sorted(range(len(methods)), key=lambda i: methods[i][1])  # stable: by ratio
+            for i in order:
+                m, r = methods[i]
                 med = statistics.median(times[i])
                 rows.append(
                     {

@@ -355,7 +355,7 @@ class GroupSparseSVMSolver:
     rank: int = 8
     check_every: int = 3
     working_set: bool = True
-    ws_threshold: float = 0.75
+    ws_threshold: float = 0.9
     ws_max: float = 0.7
 
     def __post_init__(self) -> None:
@@ -629,7 +629,7 @@ def solve_group_sparse_svm(
     else:
         alpha_att = svm_dual_root(alpha, support, Y, lam1_t, lam2, tau, solve=backward)
     n, K, p = Y.shape[1], Y.shape[2], support.shape[2]
-    if tau > 0 and (backward == "cg" or (backward == "auto" and n * K * p > 4e5)):
+    if tau > 0 and (backward == "cg" or (backward == "auto" and n * K * p > 2e4)):
         weights = svm_weights(alpha, support, Y, lam1_t, lam2, tau)  # fused backward
     else:
         Mt = (Y - alpha_att).transpose(1, 2) @ support  # (T, K, p): the fast layout

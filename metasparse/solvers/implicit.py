@@ -631,7 +631,7 @@ class _SVMDualRoot(torch.autograd.Function):
         if solve not in ("auto", "dense", "cg"):
             raise ValueError(f"backward solve must be 'auto', 'dense' or 'cg', got {solve!r}")
         if solve == "auto":
-            solve = "cg" if tau > 0 and n * K * X.shape[2] > 4e5 else "dense"
+            solve = "cg" if tau > 0 and n * K * X.shape[2] > 2e4 else "dense"
         if solve == "cg" and tau > 0:  # τ = 0: the system may be singular, dense min-norm
             gX = _svm_backward_cg(alpha, Xd, Y, lam1, lam2, tau, grad_alpha)
             return None, gX, None, None, None
