@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                     best = (k, ms, runs[-1][1])
                 if best is not None:
                     k, ms, info = best
-                    methods.append((f"ours {k} it (within PGD's time)", ratio))
+                    methods.append((f"ours, ≤ {k} it (within PGD's time)", ratio))
                     times[len(methods) - 1] = [ms]
                     infos[len(methods) - 1] = info
             order = sorted(range(len(methods)), key=lambda i: methods[i][1])  # stable: by ratio

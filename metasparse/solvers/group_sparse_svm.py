@@ -8,12 +8,15 @@ Dual (minimised; rows of ``α`` on the simplex, ``M = Xᵀ(Y − α)``)::
 
     D(α) = (1/2λ2) Σ_j ‖BST(M_j, λ1)‖² + (τ/2) ‖α − Y‖² − ⟨α, 1 − Y⟩,   W_{:,j} = BST(M_j, λ1)/λ2
 
-The solver runs accelerated projected gradient (FISTA) on the dual for all tasks at once, with
-gradient-based adaptive restarts, an optional working set of features, per-task stopping on the
-relative duality gap ``(P − (−D))/max(1, |P|)`` and warm starts. It runs on detached tensors;
-:func:`solve_group_sparse_svm` re-attaches the solution through the implicit-differentiation
-boundary of :mod:`metasparse.solvers.implicit` (never unrolling iterations). ``λ1`` is treated as
-a constant by the gradients (λ_max is not differentiated through, as in the paper's code).
+The solver runs FISTA on the dual for all tasks at once, in a fixed metric that handles the few
+large eigenvalues of the Gram matrix ``X Xᵀ`` exactly (:class:`_Metric`; its prox is an ``r·K``
+semismooth-Newton problem per task), with gradient restarts, a working set of features when the
+solution is sparse, per-task stopping on the relative duality gap ``(P − (−D))/max(1, |P|)``
+(summed from per-example Fenchel–Young gaps, so float32 features still certify 1e-5) and warm
+starts. It runs on detached tensors; :func:`solve_group_sparse_svm` re-attaches the solution
+through the implicit-differentiation boundary of :mod:`metasparse.solvers.implicit` (never
+unrolling iterations). ``λ1`` is treated as a constant by the gradients (λ_max is not
+differentiated through, as in the paper's code).
 """
 
 from __future__ import annotations
@@ -428,7 +431,7 @@ class GroupSparseSVMSolver:
             if int(iters[todo].max()) >= self.max_iter:
                 break
         # not settled (or out of budget): finish the failing tasks on all features
-        budget = max(1, self.max_iter - int(iters[todo].max()))
+        budget = max(0, self.max_iter - int(iters[todo].max()))  # 0: certify only
         out = self._run(X[todo], Y64[todo], lam1[todo], alpha[todo], budget)
         alpha[todo], gap[todo], P[todo], Dv[todo] = out[0], out[1], out[3], out[4]
         iters[todo] += out[2]

@@ -700,7 +700,8 @@ def svm_dual_root(
 
     ``method="closed_form"`` solves the KKT system of :func:`svm_dual_system` in float64, with
     ``solve="dense"`` (Cholesky of the explicit matrix), ``"cg"`` (matrix-free preconditioned
-    CG) or ``"auto"`` (dense when small or τ = 0). ``method="generic"`` differentiates the
+    CG, :func:`_svm_backward_cg`; τ > 0 only) or ``"auto"`` (CG unless τ = 0 or the episode is
+    tiny, ``n·K·p ≤ 2e4``). ``method="generic"`` differentiates the
     projected-gradient fixed point ``α = proj_Δ(α − η ∇D(α, X))`` with :func:`implicit_root`
     (dense; for checks on small problems). Both treat ``lam1`` as a constant. At ``τ = 0``
     the dual may have several solutions; the closed form then returns the minimum-norm
