@@ -152,6 +152,7 @@ def run(args: argparse.Namespace) -> list[dict]:
 VARIANTS = {
     "vmfista, rank 8 (default)": {"method": "vmfista", "rank": 8},
     "vmfista, rank 2": {"method": "vmfista", "rank": 2},
+    "vmfista, no working set": {"method": "vmfista", "working_set": False},
     "FISTA + restart (scalar metric)": {"method": "fista"},
     "plain PGD": {"method": "pgd", "max_iter": 1000},
 }
