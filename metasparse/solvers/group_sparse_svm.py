@@ -390,9 +390,10 @@ class GroupSparseSVMSolver:
 
         With ``working_set``, when at most ``ws_max`` of the features pass ``‖M_j‖ > ½λ1`` at
         the start, the iterations run on those features only (their Gram matrix has a smaller
-        bulk, so the metric is tighter and each pass cheaper); the result is checked on all
-        features (``‖M_j‖ ≤ λ1`` outside the set makes the restricted certificate the full
-        one) and violators are added until none is left. ``Mt0`` (optional) is ``(Y − α)ᵀX`` at
+        bulk, so the metric is tighter and each pass cheaper), in rounds of 10, 20, 40, ...
+        iterations; after each round the result is checked on all features (``‖M_j‖ ≤ λ1``
+        outside the set makes the restricted certificate the full one) and violators are
+        added, so a wrong set costs a round, not the whole budget. ``Mt0`` (optional) is ``(Y − α)ᵀX`` at
         the starting point, when the caller has it already (one pass over ``X`` saved).
         """
         T = Y.shape[0]
@@ -413,24 +414,29 @@ class GroupSparseSVMSolver:
         P, Dv = torch.zeros_like(gap), torch.zeros_like(gap)
         iters = torch.zeros(T, dtype=torch.long, device=X.device)
         todo = torch.arange(T, device=X.device)
-        for _ in range(20):
-            budget = self.max_iter - int(iters[todo].max())
+        rounds = 10  # iterations per round, doubled each round: violators are found early
+        for _ in range(30):
+            left = self.max_iter - int(iters[todo].max())
+            if left <= 0:
+                break
             Xt = X if todo.numel() == T else X[todo]
             idx, valid = _padded_index(ws[todo])
-            Xw = Xt.gather(2, idx.unsqueeze(1).expand(-1, X.shape[1], -1))
-            out = self._run(Xw * valid.unsqueeze(1), Y64[todo], lam1[todo], alpha[todo], budget)
+            Xw = Xt.gather(2, idx.unsqueeze(1).expand(-1, X.shape[1], -1)) * valid.unsqueeze(1)
+            out = self._run(Xw, Y64[todo], lam1[todo], alpha[todo], min(rounds, left))
             alpha[todo], gap[todo], P[todo], Dv[todo] = out[0], out[1], out[3], out[4]
             iters[todo] += out[2]
             nrm = column_norms(((Y64[todo] - out[0]).to(X.dtype)).transpose(1, 2) @ Xt)
             viol = (nrm > lam[todo]) & ~ws[todo]
             bad = viol.any(1)
-            if not bool(bad.any()):
+            # no violator: the restricted certificate is the full problem's
+            settled = (~bad) & (out[1] <= self.tol)
+            grow = viol | ((nrm > self.ws_threshold * lam[todo]) & bad.unsqueeze(-1))
+            ws[todo] |= grow
+            todo = todo[~settled]
+            if not todo.numel():
                 return alpha, gap, iters, P, Dv
-            ws[todo] |= viol | (nrm > self.ws_threshold * lam[todo])  # grow the failing tasks' sets
-            todo = todo[bad]
-            if int(iters[todo].max()) >= self.max_iter:
-                break
-        # not settled (or out of budget): finish the failing tasks on all features
+            rounds *= 2
+        # out of budget: certify (or finish) the unsettled tasks on all features
         budget = max(0, self.max_iter - int(iters[todo].max()))  # 0: certify only
         out = self._run(X[todo], Y64[todo], lam1[todo], alpha[todo], budget)
         alpha[todo], gap[todo], P[todo], Dv[todo] = out[0], out[1], out[3], out[4]
