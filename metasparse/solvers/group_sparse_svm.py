@@ -393,8 +393,8 @@ class GroupSparseSVMSolver:
         bulk, so the metric is tighter and each pass cheaper), in rounds of 10, 20, 40, ...
         iterations; after each round the result is checked on all features (``‖M_j‖ ≤ λ1``
         outside the set makes the restricted certificate the full one) and violators are
-        added, so a wrong set costs a round, not the whole budget. ``Mt0`` (optional) is ``(Y − α)ᵀX`` at
-        the starting point, when the caller has it already (one pass over ``X`` saved).
+        added, so a wrong set costs a round, not the whole budget. ``Mt0`` (optional) is
+        ``(Y − α)ᵀX`` at the starting point, when the caller has it (one pass over ``X`` saved).
         """
         T = Y.shape[0]
         p = X.shape[2]
