@@ -196,9 +196,7 @@ def test_warm_start_and_all_methods_agree():
     warm = solve_group_sparse_svm(X, labels, 3, init=cold.dual.detach(), **kw)
     assert bool(warm.converged.all()) and int(warm.iterations.max()) < int(cold.iterations.max())
     for method, rank in (("pgd", 0), ("fista", 0), ("vmfista", 1), ("vmfista", 30)):
-        other = solve_group_sparse_svm(
-            X, labels, 3, method=method, rank=rank, max_iter=50000, **kw
-        )
+        other = solve_group_sparse_svm(X, labels, 3, method=method, rank=rank, max_iter=50000, **kw)
         assert bool(other.converged.all()), (method, rank)
         dist = (other.weights - cold.weights).flatten(1).norm(dim=-1)
         assert bool((dist <= _weight_distance_bound(other, cold, 0.5)).all()), (method, rank)

@@ -482,6 +482,7 @@ def _weighted_gram(X: Tensor, w: Tensor, chunk: int = 2048) -> Tensor:
         G.baddbmm_(Xc * w[:, None, a : a + chunk], Xc.transpose(1, 2))
     return G
 
+
 def _svm_backward_cg(
     alpha: Tensor,
     X: Tensor,
@@ -650,7 +651,6 @@ class _SVMDualRoot(torch.autograd.Function):
         return None, gX, None, None, None
 
 
-
 class _SVMWeights(torch.autograd.Function):
     """``W = BST(Xᵀ(Y − α*))/λ2`` (T, K, p) with the implicit gradient of ``α*`` folded in."""
 
@@ -685,6 +685,7 @@ def svm_weights(
     if not tau > 0:
         raise ValueError("svm_weights needs tau > 0 (the CG backward); use svm_dual_root")
     return _SVMWeights.apply(support, alpha.detach(), Y, lam1.detach(), (lam2, tau))
+
 
 def svm_dual_root(
     alpha: Tensor,
