@@ -537,8 +537,17 @@ def _svm_backward_cg(
     w = torch.where(act, 1.0 - c, torch.zeros_like(safe))  # tangential curvature
     Vh = Mt / safe.unsqueeze(1)
     Bt = Mt * w.unsqueeze(1)  # BST(M)ᵀ (T, K, p)
+    cVh = c.unsqueeze(1) * Vh  # c = w = 0 on inactive features: no mask needed below
+
+    def jac(Q: Tensor) -> Tensor:  # per-feature Jacobian of BST: (1 − c) I + c v̂v̂ᵀ, active
+        return torch.addcmul(w.unsqueeze(1) * Q, cVh, (Vh * Q).sum(1, keepdim=True))
+
+    # the weights' direct path: M̄ = J W̄/λ2 (its pass over X is shared with the face's below)
+    Mbar = None if grad_weights is None else jac(grad_weights.to(dt)) / lam2
+    K = Bt.shape[1]
+    XB = X @ (Bt if Mbar is None else torch.cat([Bt, Mbar], 1)).transpose(1, 2)
     # face: α > 0, minus round-off positives whose gradient exceeds the example's multiplier
-    grad = -(X @ Bt.transpose(1, 2)).to(f64) / lam2 + tau * (alpha - Y) - (1.0 - Y)
+    grad = -XB[..., :K].to(f64) / lam2 + tau * (alpha - Y) - (1.0 - Y)
     a64 = alpha.to(f64)
     mu = (a64 * grad).sum(-1, keepdim=True)
     m = ((a64 > 0) & (a64 >= 1e-9 * (grad - mu).clamp_min(0.0))).to(f64)  # (T, n, K)
@@ -574,17 +583,10 @@ def _svm_backward_cg(
         mu = torch.cholesky_solve((Hinv @ vk).sum(1), Lc)  # multipliers of Σ_k z_ik = 0
         return (Hinv @ (vk - mu.unsqueeze(1))).squeeze(-1).transpose(1, 2)
 
-    cVh = c.unsqueeze(1) * Vh  # c = w = 0 on inactive features: no mask needed below
-
-    def jac(Q: Tensor) -> Tensor:  # per-feature Jacobian of BST: (1 − c) I + c v̂v̂ᵀ, active
-        return torch.addcmul(w.unsqueeze(1) * Q, cVh, (Vh * Q).sum(1, keepdim=True))
-
-    Mbar = None
     if grad_alpha is None:
         grad_alpha = torch.zeros_like(alpha, dtype=f64)
-    if grad_weights is not None:
-        Mbar = jac(grad_weights.to(dt)) / lam2
-        grad_alpha = grad_alpha.to(f64) - (X @ Mbar.transpose(1, 2)).to(f64)
+    if Mbar is not None:
+        grad_alpha = grad_alpha.to(f64) - XB[..., K:].to(f64)
     b = proj(grad_alpha.to(f64))
     tol = CG_TOL.get(dt, 1e-6)
     x = precond(b)
