@@ -31,6 +31,10 @@ from metasparse.utils import all_finite
 DEFAULT_LAM2 = 1000.0  # the paper's code (λ2 = 1000 with dual regularisation 1 ⇒ τ = 1/λ2)
 DEFAULT_TAU = 1.0 / DEFAULT_LAM2
 _METHODS = ("vmfista", "fista", "pgd")
+# Largest r·K of the metric's prox system. Conv-4 Omniglot features, 20-way 5-shot: rank 3
+# (r·K = 60) took 4.2 s for 4 batches where rank 8 (160) took 5.6 s, despite 102 vs 53
+# iterations; at 5-way the cap (r = 12) is above the default rank 8 (benchmarks/head_speed.md).
+_PROX_SIZE = 64
 
 
 # --------------------------------------------------------------------------------------------
@@ -224,7 +228,9 @@ class _Metric:
     VV: Tensor  # (T, n, r, r): V_it V_iu, reused by every prox
 
     @classmethod
-    def from_features(cls, X: Tensor, lam2: float, tau: float, rank: int) -> _Metric:
+    def from_features(
+        cls, X: Tensor, lam2: float, tau: float, rank: int, n_way: int | None = None
+    ) -> _Metric:
         T, n, _ = X.shape
         G = (X @ X.transpose(1, 2)).double() / lam2
         th, V = torch.linalg.eigh(G)  # ascending
@@ -234,6 +240,8 @@ class _Metric:
         # below 1e-3 of the top (the prox's r·K system would become ill-posed)
         deep = (th.flip(-1)[:, 1:] + tau >= 1e-3 * top.unsqueeze(-1)).sum(-1)
         r = max(0, min(int(rank), n - 1, int(deep.min()) if T else 0))
+        if n_way is not None and r > 0:  # the prox solves an r·K system per Newton step:
+            r = min(r, max(1, _PROX_SIZE // n_way))  # keep it small when K is large
         c = th[:, n - 1 - r] + tau
         c = torch.maximum(c, 1e-12 * (1.0 + top))  # τ = 0 with all-zero features: c > 0
         top = torch.maximum(top, c)
@@ -342,7 +350,8 @@ class GroupSparseSVMSolver:
             report their gap and ``converged=False``).
         method: ``"vmfista"`` (default), ``"fista"`` (scalar metric ``‖X‖²/λ2 + τ``) or
             ``"pgd"`` (plain projected gradient; kept for comparison).
-        rank: number of Gram eigen-directions in the metric (``vmfista`` only).
+        rank: number of Gram eigen-directions in the metric (``vmfista`` only), capped at
+            ``64 // n_way`` so that the prox's ``r·K`` system stays small.
         check_every: an iteration whose extrapolated point is feasible is certified for free;
             otherwise a certificate (one extra pass over ``X``) is computed every
             ``check_every`` iterations.
@@ -463,7 +472,7 @@ class GroupSparseSVMSolver:
         dt = X.dtype
         lam1 = lam1.double()
         rank = self.rank if self.method == "vmfista" else 0
-        metric = _Metric.from_features(X, lam2, tau, rank)
+        metric = _Metric.from_features(X, lam2, tau, rank, Y.shape[-1])
         if self.method == "pgd":
             metric = _Metric(metric.top, metric.V, metric.lam, metric.top, metric.VV)
         # best certified point per task
