@@ -340,8 +340,8 @@ class GroupSparseSVMSolver:
 
     The default method, ``"vmfista"``, is FISTA in the fixed metric of :class:`_Metric`: the
     ``rank`` largest eigenvalues of the Gram matrix are handled exactly, so the iteration count
-    no longer depends on them (15-shot, p = 2560, λ1/λ_max = 0.01: 5-10 iterations instead of
-    65 for plain FISTA; benchmarks/head_speed.md). Momentum restarts when it points uphill
+    no longer depends on them (15-shot, p = 2560, λ1/λ_max = 0.01: 6 iterations instead of 60
+    for plain FISTA; benchmarks/head_speed.md). Momentum restarts when it points uphill
     (O'Donoghue & Candès, in the metric ``Q``).
 
     Args:
@@ -355,8 +355,9 @@ class GroupSparseSVMSolver:
         check_every: an iteration whose extrapolated point is feasible is certified for free;
             otherwise a certificate (one extra pass over ``X``) is computed every
             ``check_every`` iterations.
-        working_set, ws_max: iterate on the features with ``‖M_j‖ > ½λ1`` when they are at
-            most a fraction ``ws_max`` of all (sparse solutions, large λ1/λ_max); see :meth:`run`.
+        working_set, ws_threshold, ws_max: iterate on the features with
+            ``‖M_j‖ > ws_threshold·λ1`` at the start when they are at most a fraction ``ws_max``
+            of all (sparse solutions, large λ1/λ_max); see :meth:`run`.
     """
 
     lam2: float = DEFAULT_LAM2
@@ -397,9 +398,10 @@ class GroupSparseSVMSolver:
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """Solve (detached). Returns ``alpha`` (float64), ``gap, iterations, primal, dual_value``.
 
-        With ``working_set``, when at most ``ws_max`` of the features pass ``‖M_j‖ > ½λ1`` at
-        the start, the iterations run on those features only (their Gram matrix has a smaller
-        bulk, so the metric is tighter and each pass cheaper), in rounds of 10, 20, 40, ...
+        With ``working_set``, when at most ``ws_max`` of the features pass
+        ``‖M_j‖ > ws_threshold·λ1`` at the start, the iterations run on those features only
+        (their Gram matrix has a smaller bulk, so the metric is tighter and each pass cheaper),
+        in rounds of 10, 20, 40, ...
         iterations; after each round the result is checked on all features (``‖M_j‖ ≤ λ1``
         outside the set makes the restricted certificate the full one) and violators are
         added, so a wrong set costs a round, not the whole budget. ``Mt0`` (optional) is
