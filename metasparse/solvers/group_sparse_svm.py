@@ -226,6 +226,10 @@ class _Metric:
     lam: Tensor  # (T, r) float64: extra curvature along V (≥ 0)
     top: Tensor  # (T, 1, 1) float64: ‖X‖²/λ2 + τ (the safe scalar metric)
     VV: Tensor  # (T, n, r, r): V_it V_iu, reused by every prox
+    # the last Newton factorisation and the support pattern it was built for (reused while the
+    # pattern is unchanged, which is most steps once the faces have settled)
+    _pattern: Tensor | None = None
+    _factor: Tensor | None = None
 
     @classmethod
     def from_features(
@@ -301,12 +305,17 @@ class _Metric:
             ok = grad.abs().amax((1, 2)) <= 1e-11 * scale
             if bool(ok.all()):
                 break
-            sup = (a > 0).to(y.dtype)
-            sn = sup / sup.sum(-1, keepdim=True).sqrt()
-            S1 = (VVf @ sup).reshape(T, r, r, K).transpose(2, 3)  # Σ_i V_it V_iu [k ∈ S_i]
-            Vs = (self.V.unsqueeze(-1) * sn.unsqueeze(2)).reshape(T, -1, r * K)
-            S = (S1.unsqueeze(-1) * eyeK).reshape(T, r * K, r * K) - Vs.transpose(1, 2) @ Vs
-            L, _ = torch.linalg.cholesky_ex(eye + d.unsqueeze(-1) * S * d.unsqueeze(1))
+            pattern = a > 0
+            if self._pattern is not None and torch.equal(pattern, self._pattern):
+                L = self._factor
+            else:
+                sup = pattern.to(y.dtype)
+                sn = sup / sup.sum(-1, keepdim=True).sqrt()
+                S1 = (VVf @ sup).reshape(T, r, r, K).transpose(2, 3)  # Σ_i V_it V_iu [k ∈ S_i]
+                Vs = (self.V.unsqueeze(-1) * sn.unsqueeze(2)).reshape(T, -1, r * K)
+                S = (S1.unsqueeze(-1) * eyeK).reshape(T, r * K, r * K) - Vs.transpose(1, 2) @ Vs
+                L, _ = torch.linalg.cholesky_ex(eye + d.unsqueeze(-1) * S * d.unsqueeze(1))
+                self._pattern, self._factor = pattern, L
             step = torch.cholesky_solve(grad.reshape(T, r * K, 1), L).reshape(T, r, K)
             slope = (grad * step).sum((1, 2))  # > 0: ascent direction
             t = torch.ones(T, 1, 1, dtype=y.dtype, device=y.device)
