@@ -62,6 +62,14 @@ def column_norms(Mt: Tensor) -> Tensor:
     return (Mt * Mt).sum(1).clamp_min(torch.finfo(Mt.dtype).tiny).sqrt()
 
 
+def weights_from_m(Mt: Tensor, lam1: Tensor, lam2: float) -> Tensor:
+    """Primal weights ``W_j = BST(M_j, λ1)/λ2`` (T, K, p) from ``Mᵀ`` (T, K, p); ``lam1`` per
+    task. Uses :func:`column_norms`, as :func:`lambda_max` does, so that ``lam_ratio = 1``
+    gives exactly ``W = 0``."""
+    shrink = (1.0 - lam1.unsqueeze(-1) / column_norms(Mt)).clamp_min(0.0)
+    return Mt * shrink.unsqueeze(1) / lam2
+
+
 def block_soft_threshold(M: Tensor, lam1: Tensor) -> Tensor:
     """``BST(M_j, λ1)`` for every feature row ``M_j`` (last dim = classes); ``lam1`` per task."""
     nrm = M.norm(dim=-1, keepdim=True)
@@ -410,11 +418,11 @@ class GroupSparseSVMSolver:
         With ``working_set``, when at most ``ws_max`` of the features pass
         ``‖M_j‖ > ws_threshold·λ1`` at the start, the iterations run on those features only
         (their Gram matrix has a smaller bulk, so the metric is tighter and each pass cheaper),
-        in rounds of 10, 20, 40, ...
-        iterations; after each round the result is checked on all features (``‖M_j‖ ≤ λ1``
-        outside the set makes the restricted certificate the full one) and violators are
-        added, so a wrong set costs a round, not the whole budget. ``Mt0`` (optional) is
-        ``(Y − α)ᵀX`` at the starting point, when the caller has it (one pass over ``X`` saved).
+        in rounds of 10, 20, 40, ... iterations; after each round the result is checked on all
+        features (``‖M_j‖ ≤ λ1`` outside the set makes the restricted certificate the full one)
+        and violators are added, so a wrong set costs a round, not the whole budget. ``Mt0``
+        (optional) is ``(Y − α)ᵀX`` at the starting point, when the caller has it (one pass
+        over ``X`` saved).
         """
         T = Y.shape[0]
         p = X.shape[2]
@@ -502,7 +510,6 @@ class GroupSparseSVMSolver:
         t = torch.ones(T, 1, 1, dtype=torch.float64, device=X.device)
         Wm = torch.zeros(T, mb.V.shape[-1], K, dtype=torch.float64, device=X.device)
         since = torch.zeros(T, dtype=torch.long, device=X.device)
-        done = torch.zeros(T, dtype=torch.bool, device=X.device)
         k = 0
         while True:
             if self.method == "pgd":
@@ -549,7 +556,7 @@ class GroupSparseSVMSolver:
                 a, prev, y, t, t_next, Wm, since = (
                     v[keep] for v in (a, prev, y, t, t_next, Wm, since)
                 )
-                Mt, Mt_prev, My, S = Mt[keep], Mt_prev[keep], My[keep], S[keep]
+                Mt, Mt_prev, S = Mt[keep], Mt_prev[keep], S[keep]
             grad = -S + tau * (y - Yb) - (1.0 - Yb)
             new, Wm = mb.prox(y, grad, Wm)
             Mt_new = ((Yb - new).to(dt)).transpose(1, 2) @ Xb
@@ -634,7 +641,11 @@ def solve_group_sparse_svm(
     Returns:
         :class:`GroupSparseSVMResult`. Gradients treat ``λ1`` as a constant.
     """
-    from metasparse.solvers.implicit import svm_dual_root, svm_weights  # autograd boundary
+    from metasparse.solvers.implicit import (  # the autograd boundary
+        _use_cg_backward,
+        svm_dual_root,
+        svm_weights,
+    )
 
     _check_inputs(support, support_labels, n_way, tau)
     Y = _onehot(support_labels, n_way, support.dtype)
@@ -658,12 +669,11 @@ def solve_group_sparse_svm(
     else:
         alpha_att = svm_dual_root(alpha, support, Y, lam1_t, lam2, tau, solve=backward)
     n, K, p = Y.shape[1], Y.shape[2], support.shape[2]
-    if tau > 0 and (backward == "cg" or (backward == "auto" and n * K * p > 2e4)):
+    if backward != "generic" and _use_cg_backward(backward, tau, n, K, p):
         weights = svm_weights(alpha, support, Y, lam1_t, lam2, tau)  # fused backward
     else:
         Mt = (Y - alpha_att).transpose(1, 2) @ support  # (T, K, p): the fast layout
-        shrink = (1.0 - lam1_t.unsqueeze(-1) / column_norms(Mt)).clamp_min(0.0)
-        weights = Mt * shrink.unsqueeze(1) / lam2  # W_j = BST(M_j, λ1)/λ2, (T, K, p)
+        weights = weights_from_m(Mt, lam1_t, lam2)
     with torch.no_grad():
         used = (weights != 0).any(1).to(support.dtype).mean(-1)
     return GroupSparseSVMResult(

@@ -379,13 +379,27 @@ def _padded_index(mask: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _face(alpha: Tensor, X: Tensor, Y: Tensor, lam1: Tensor, lam2: float, tau: float) -> Tensor:
-    """Free coordinates of ``α``: positive, except round-off positives (~1e-17 left by the
-    simplex projection) whose gradient exceeds the example's multiplier, i.e. clearly at 0."""
+    """Free coordinates of ``α`` (see :func:`_face_from_gradient`)."""
     from metasparse.solvers.group_sparse_svm import dual_gradient
 
-    g = dual_gradient(alpha, X, Y, lam1, lam2, tau)
+    return _face_from_gradient(alpha, dual_gradient(alpha, X, Y, lam1, lam2, tau))
+
+
+def _face_from_gradient(alpha: Tensor, g: Tensor) -> Tensor:
+    """Free coordinates of ``α`` given ``∇D(α)``: positive, except round-off positives (~1e-17
+    left by the simplex projection) whose gradient exceeds the example's multiplier, i.e.
+    clearly at 0."""
     mu = (alpha * g).sum(-1, keepdim=True)
     return (alpha > 0) & (alpha >= 1e-9 * (g - mu).clamp_min(0.0))
+
+
+def _use_cg_backward(solve: str, tau: float, n: int, K: int, p: int) -> bool:
+    """Whether the SVM backward runs matrix-free CG (``"cg"``, or ``"auto"`` beyond tiny
+    episodes ``n·K·p > 2e4``) rather than the dense system; never at τ = 0, where the system
+    may be singular and only the dense min-norm solve is right."""
+    if solve not in ("auto", "dense", "cg"):
+        raise ValueError(f"backward solve must be 'auto', 'dense' or 'cg', got {solve!r}")
+    return tau > 0 and (solve == "cg" or (solve == "auto" and n * K * p > 2e4))
 
 
 def _svm_structure(
@@ -546,11 +560,8 @@ def _svm_backward_cg(
     Mbar = None if grad_weights is None else jac(grad_weights.to(dt)) / lam2
     K = Bt.shape[1]
     XB = X @ (Bt if Mbar is None else torch.cat([Bt, Mbar], 1)).transpose(1, 2)
-    # face: α > 0, minus round-off positives whose gradient exceeds the example's multiplier
-    grad = -XB[..., :K].to(f64) / lam2 + tau * (alpha - Y) - (1.0 - Y)
-    a64 = alpha.to(f64)
-    mu = (a64 * grad).sum(-1, keepdim=True)
-    m = ((a64 > 0) & (a64 >= 1e-9 * (grad - mu).clamp_min(0.0))).to(f64)  # (T, n, K)
+    grad = -XB[..., :K].to(f64) / lam2 + tau * (alpha - Y) - (1.0 - Y)  # ∇D(α)
+    m = _face_from_gradient(alpha.to(f64), grad).to(f64)  # (T, n, K)
     size = m.sum(-1, keepdim=True).clamp_min(1.0)
 
     def proj(z: Tensor) -> Tensor:
@@ -637,11 +648,7 @@ class _SVMDualRoot(torch.autograd.Function):
         if not ctx.needs_input_grad[1]:
             return None, None, None, None, None
         Xd = X.detach()
-        if solve not in ("auto", "dense", "cg"):
-            raise ValueError(f"backward solve must be 'auto', 'dense' or 'cg', got {solve!r}")
-        if solve == "auto":
-            solve = "cg" if tau > 0 and n * K * X.shape[2] > 2e4 else "dense"
-        if solve == "cg" and tau > 0:  # τ = 0: the system may be singular, dense min-norm
+        if _use_cg_backward(solve, tau, n, K, X.shape[2]):
             gX = _svm_backward_cg(alpha, Xd, Y, lam1, lam2, tau, grad_alpha)
             return None, gX, None, None, None
         st = _svm_structure(alpha, Xd, Y, lam1, lam2, tau)
@@ -664,14 +671,13 @@ class _SVMWeights(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, X: Tensor, alpha: Tensor, Y: Tensor, lam1: Tensor, hp: tuple) -> Tensor:
-        from metasparse.solvers.group_sparse_svm import column_norms
+        from metasparse.solvers.group_sparse_svm import weights_from_m
 
         lam2, _ = hp
         Mt = (Y - alpha).transpose(1, 2) @ X  # (T, K, p): the fast layout
-        shrink = (1.0 - lam1.unsqueeze(-1) / column_norms(Mt)).clamp_min(0.0)
         ctx.save_for_backward(X, alpha, Y, lam1, Mt)  # Mt saves the backward a pass over X
         ctx.hp = hp
-        return Mt * shrink.unsqueeze(1) / lam2
+        return weights_from_m(Mt, lam1, lam2)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
