@@ -210,9 +210,9 @@ def test_working_set_gives_the_full_problem_solution(monkeypatch):
     calls = []
     orig = Solver._run
 
-    def spy(self, X, *args):
-        calls.append(X.shape[2])
-        return orig(self, X, *args)
+    def spy(self, rows, *args):
+        calls.append(rows.X.shape[2])
+        return orig(self, rows, *args)
 
     monkeypatch.setattr(Solver, "_run", spy)
     g = torch.Generator().manual_seed(11)
@@ -318,3 +318,93 @@ def test_metric_prox_solves_its_quadratic_program(tau):
     assert bool((a >= 0).all())
     assert bool((value(a) <= value(ref) + 1e-10).all())
     assert torch.allclose(a, ref, atol=1e-6)
+
+
+def test_task_subsets_by_views_match_copies():
+    # the solver's compaction works on per-task views of X instead of copying X[keep]
+    from metasparse.solvers.group_sparse_svm import _Rows
+    from metasparse.solvers.implicit import _padded_index
+
+    g = torch.Generator().manual_seed(21)
+    X = torch.randn(5, 6, 40, generator=g, dtype=torch.float64)
+    rows = _Rows(X).subset(torch.tensor([True, False, True, True, False]))
+    rows = rows.subset(torch.tensor([False, True, True]))  # tasks 2 and 3 of the original
+    assert rows.ids == [2, 3]
+    Xs = X[[2, 3]]
+    A = torch.randn(2, 4, 6, dtype=torch.float64)
+    B = torch.randn(2, 40, 4, dtype=torch.float64)
+    torch.testing.assert_close(rows.left(A), A @ Xs)
+    torch.testing.assert_close(rows.right(B), Xs @ B)
+    torch.testing.assert_close(rows.gram(), Xs @ Xs.transpose(1, 2))
+    idx, valid = _padded_index(torch.rand(2, 40, generator=g) < 0.3)
+    ref = Xs.gather(2, idx.unsqueeze(1).expand(-1, 6, -1)) * valid.unsqueeze(1)
+    torch.testing.assert_close(rows.gather_features(idx, valid), ref)
+    assert _Rows(X).subset(torch.ones(5, dtype=torch.bool)).ids is None  # all tasks: no loop
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_preconditioner_gram_from_the_forward_matches_the_direct_one(masked):
+    # the backward's weighted Gram rebuilt from the forward's X_S X_Sᵀ by a gathered update
+    from metasparse.solvers.implicit import (
+        _gram_from_forward,
+        _precond_weights,
+        _weighted_gram,
+    )
+
+    g = torch.Generator().manual_seed(22)
+    X = torch.randn(3, 7, 60, generator=g, dtype=torch.float64)
+    c = torch.rand(3, 60, generator=g, dtype=torch.float64)
+    act = torch.rand(3, 60, generator=g) < 0.7
+    mask = (act | (torch.rand(3, 60, generator=g) < 0.5)) if masked else None
+    if masked:
+        mask[:, 0] = False  # an active feature outside the forward's set enters the update
+        act[:, 0] = True
+    Xm = X if mask is None else X * mask.unsqueeze(1)
+    G = Xm @ Xm.transpose(1, 2)
+    omega = _precond_weights(c, act)
+    assert bool(((omega == 1) | (omega == 0) | ((omega > 0.5) & (omega < 0.75))).all())
+    direct = _weighted_gram(X, omega)
+    upd = _gram_from_forward(X, omega, (G, mask), limit=60)
+    torch.testing.assert_close(upd, direct, rtol=1e-12, atol=1e-10)
+    assert _gram_from_forward(X, omega, (G, mask), limit=1) is None  # too many: not cheaper
+
+
+@pytest.mark.parametrize("lam_ratio", [0.01, 0.6])
+def test_solver_hands_its_m_and_gram_to_the_backward(lam_ratio, monkeypatch):
+    # run() returns (Y − α)ᵀX at the certified point and the Gram of the features it
+    # iterated on; the fused backward gives the same gradient with or without them
+    # (0.01: the preconditioner's Gram is the forward's plus a small update; 0.6: working set)
+    import metasparse.solvers.implicit as imp
+
+    updates = []
+    orig = imp._gram_from_forward
+
+    def spy(*args):
+        out = orig(*args)
+        updates.append(out is not None)
+        return out
+
+    monkeypatch.setattr(imp, "_gram_from_forward", spy)
+    from metasparse.solvers import svm_weights
+    from metasparse.solvers.group_sparse_svm import _onehot
+
+    g = torch.Generator().manual_seed(23)
+    X = torch.relu(torch.randn(3, 12, 300, generator=g, dtype=torch.float64))
+    labels = torch.arange(4).repeat_interleave(3).expand(3, -1)
+    Y = _onehot(labels, 4, X.dtype)
+    lam1 = lam_ratio * lambda_max(X, labels, 4, tau=0.1)
+    out = GroupSparseSVMSolver(lam2=10.0, tau=0.1, tol=1e-10).run(X, Y, lam1)
+    torch.testing.assert_close(out.Mt, (Y - out.alpha).transpose(1, 2) @ X)
+    S = X if out.gram_mask is None else X * out.gram_mask.unsqueeze(1)
+    torch.testing.assert_close(out.gram, S @ S.transpose(1, 2))
+    if lam_ratio > 0.5:
+        assert out.gram_mask is not None and bool((~out.gram_mask).any())  # working set
+    C = torch.randn(3, 4, 300, generator=g, dtype=torch.float64)
+    grads = []
+    for extra in ({}, {"Mt": out.Mt, "gram": (out.gram, out.gram_mask)}):
+        Xg = X.clone().requires_grad_(True)
+        W = svm_weights(out.alpha, Xg, Y, lam1, 10.0, 0.1, **extra)
+        (gX,) = torch.autograd.grad((W * C).sum(), Xg)
+        grads.append(gX)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-8, atol=1e-10)
+    assert updates == [lam_ratio < 0.5]

@@ -22,6 +22,7 @@ differentiated through, as in the paper's code).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -199,6 +200,61 @@ def _m_at_zero(X: Tensor, Y: Tensor, tau: float) -> Tensor:
 # --------------------------------------------------------------------------------------------
 
 
+class _Rows:
+    """The features ``X`` (T, n, p) of a subset of tasks, for the solver's two products.
+
+    On the CPU a subset is used through per-task views: copying ``X[keep]`` would cost about
+    three passes over ``X`` (a fresh (B, n, p) tensor is page-faulted in), more than the
+    remaining iterations of a batch that is mostly certified save. Other devices gather.
+    """
+
+    def __init__(self, X: Tensor, ids: list[int] | None = None) -> None:
+        self.X, self.ids = X, ids
+
+    def subset(self, keep: Tensor) -> _Rows:
+        """The rows of the tasks ``keep`` (a (B,) bool mask or index tensor of this subset)."""
+        if self.X.device.type != "cpu":
+            return _Rows(self.X[keep])
+        ids = list(range(self.X.shape[0])) if self.ids is None else self.ids
+        sel = keep.nonzero().flatten() if keep.dtype == torch.bool else keep
+        picked = [ids[i] for i in sel.tolist()]
+        return _Rows(self.X, None if picked == list(range(self.X.shape[0])) else picked)
+
+    def left(self, A: Tensor) -> Tensor:
+        """``A @ X`` for ``A`` (B, m, n): (B, m, p)."""
+        if self.ids is None:
+            return A @ self.X
+        out = A.new_empty(A.shape[0], A.shape[1], self.X.shape[2])
+        for i, t in enumerate(self.ids):
+            torch.mm(A[i], self.X[t], out=out[i])
+        return out
+
+    def right(self, B: Tensor) -> Tensor:
+        """``X @ B`` for ``B`` (B, p, m): (B, n, m)."""
+        if self.ids is None:
+            return self.X @ B
+        out = B.new_empty(B.shape[0], self.X.shape[1], B.shape[2])
+        for i, t in enumerate(self.ids):
+            torch.mm(self.X[t], B[i], out=out[i])
+        return out
+
+    def gram(self) -> Tensor:
+        """``X Xᵀ`` per task (B, n, n), in float64."""
+        if self.ids is None:
+            return (self.X @ self.X.transpose(1, 2)).double()
+        return torch.stack([self.X[t] @ self.X[t].T for t in self.ids]).double()
+
+    def gather_features(self, idx: Tensor, valid: Tensor) -> Tensor:
+        """``X[:, :, idx]`` per task (B, n, w), zero where ``valid`` is False (one copy)."""
+        if self.ids is None:
+            out = self.X.gather(2, idx.unsqueeze(1).expand(-1, self.X.shape[1], -1))
+        else:
+            out = self.X.new_empty(len(self.ids), self.X.shape[1], idx.shape[1])
+            for i, t in enumerate(self.ids):
+                torch.index_select(self.X[t], 1, idx[i], out=out[i])
+        return out.mul_(valid.unsqueeze(1))
+
+
 @dataclass
 class GroupSparseSVMResult:
     """Solution of a batch of group-sparse SVM problems.
@@ -234,6 +290,7 @@ class _Metric:
     lam: Tensor  # (T, r) float64: extra curvature along V (≥ 0)
     top: Tensor  # (T, 1, 1) float64: ‖X‖²/λ2 + τ (the safe scalar metric)
     VV: Tensor  # (T, n, r, r): V_it V_iu, reused by every prox
+    gram: Tensor | None = None  # (T, n, n) float64: X Xᵀ (handed on to the backward)
     # the last Newton factorisation and the support pattern it was built for (reused while the
     # pattern is unchanged, which is most steps once the faces have settled)
     _pattern: Tensor | None = None
@@ -243,9 +300,15 @@ class _Metric:
     def from_features(
         cls, X: Tensor, lam2: float, tau: float, rank: int, n_way: int | None = None
     ) -> _Metric:
-        T, n, _ = X.shape
-        G = (X @ X.transpose(1, 2)).double() / lam2
-        th, V = torch.linalg.eigh(G)  # ascending
+        return cls.from_gram((X @ X.transpose(1, 2)).double(), lam2, tau, rank, n_way)
+
+    @classmethod
+    def from_gram(
+        cls, gram: Tensor, lam2: float, tau: float, rank: int, n_way: int | None = None
+    ) -> _Metric:
+        """The metric from the Gram matrix ``X Xᵀ`` (T, n, n), float64."""
+        T, n, _ = gram.shape
+        th, V = torch.linalg.eigh(gram / lam2)  # ascending
         th = th.clamp_min(0.0)
         top = th[:, -1] + tau
         # deflate at most `rank` directions, and never so deep that the bulk curvature c falls
@@ -265,6 +328,7 @@ class _Metric:
             lam=lam,
             top=top.reshape(T, 1, 1),
             VV=Vr.unsqueeze(-1) * Vr.unsqueeze(-2),
+            gram=gram,
         )
 
     def index(self, keep: Tensor) -> _Metric:
@@ -351,6 +415,19 @@ class _Metric:
         return a, Z
 
 
+class SolverOutput(NamedTuple):
+    """What :meth:`GroupSparseSVMSolver.run` returns, per task (detached)."""
+
+    alpha: Tensor  # (T, n, K) float64: the best certified dual point
+    gap: Tensor  # (T,) float64: its relative duality gap
+    iterations: Tensor  # (T,) long
+    primal: Tensor  # (T,) float64
+    dual_value: Tensor  # (T,) float64
+    Mt: Tensor  # (T, K, p): (Y − α)ᵀX at ``alpha``, in X's dtype, as the certificate used it
+    gram: Tensor  # (T, n, n) float64: X_S X_Sᵀ over the features S of ``gram_mask``
+    gram_mask: Tensor | None  # (T, p) bool, or None for all features
+
+
 @dataclass
 class GroupSparseSVMSolver:
     """Settings of the batched dual solver (a small object, in the style of jaxopt solvers).
@@ -387,6 +464,7 @@ class GroupSparseSVMSolver:
     working_set: bool = True
     ws_threshold: float = 0.9
     ws_max: float = 0.7
+    ws_round: int = 10
 
     def __post_init__(self) -> None:
         if not self.lam2 > 0:
@@ -412,74 +490,81 @@ class GroupSparseSVMSolver:
         lam1: Tensor,
         init: Tensor | None = None,
         Mt0: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """Solve (detached). Returns ``alpha`` (float64), ``gap, iterations, primal, dual_value``.
+    ) -> SolverOutput:
+        """Solve (detached); see :class:`SolverOutput` for what comes back.
 
         With ``working_set``, when at most ``ws_max`` of the features pass
         ``‖M_j‖ > ws_threshold·λ1`` at the start, the iterations run on those features only
         (their Gram matrix has a smaller bulk, so the metric is tighter and each pass cheaper),
-        in rounds of 10, 20, 40, ... iterations; after each round the result is checked on all
-        features (``‖M_j‖ ≤ λ1`` outside the set makes the restricted certificate the full one)
-        and violators are added, so a wrong set costs a round, not the whole budget. ``Mt0``
-        (optional) is ``(Y − α)ᵀX`` at the starting point, when the caller has it (one pass
-        over ``X`` saved).
+        in rounds of ``ws_round``, twice that, four times, ... iterations; after each round the
+        result is checked on all features (``‖M_j‖ ≤ λ1`` outside the set makes the restricted
+        certificate the full one) and violators are added, so a wrong set costs a round, not
+        the whole budget. ``Mt0`` (optional) is ``(Y − α)ᵀX`` at the starting point, when the
+        caller has it (one pass over ``X`` saved).
         """
-        T = Y.shape[0]
-        p = X.shape[2]
+        T, n, p = X.shape
         Y64 = Y.double()
         alpha = _alpha_at_zero(Y64, self.tau) if init is None else project_simplex(init.double())
+        rows = _Rows(X)
         if not self.working_set or self.method == "pgd":
-            return self._run(X, Y64, lam1, alpha, self.max_iter, Mt0)
+            return self._run(rows, Y64, lam1, alpha, self.max_iter, Mt0)
         from metasparse.solvers.implicit import _padded_index
 
         lam = lam1.to(X.dtype).unsqueeze(-1)
         if Mt0 is None:
-            Mt0 = ((Y64 - alpha).to(X.dtype)).transpose(1, 2) @ X
+            Mt0 = rows.left((Y64 - alpha).to(X.dtype).transpose(1, 2))
         ws = column_norms(Mt0) > self.ws_threshold * lam
         if int(ws.sum(1).max()) > self.ws_max * p:
-            return self._run(X, Y64, lam1, alpha, self.max_iter, Mt0)
+            return self._run(rows, Y64, lam1, alpha, self.max_iter, Mt0)
         gap = torch.full((T,), float("inf"), dtype=torch.float64, device=X.device)
         P, Dv = torch.zeros_like(gap), torch.zeros_like(gap)
         iters = torch.zeros(T, dtype=torch.long, device=X.device)
+        Mt = Mt0.clone()
+        gram = torch.zeros(T, n, n, dtype=torch.float64, device=X.device)
+        gram_mask = torch.zeros_like(ws)
         todo = torch.arange(T, device=X.device)
-        rounds = 10  # iterations per round, doubled each round: violators are found early
+        rounds = self.ws_round  # iterations per round, doubled each round
         for _ in range(30):
             left = self.max_iter - int(iters[todo].max())
             if left <= 0:
                 break
-            Xt = X if todo.numel() == T else X[todo]
+            sub = rows if todo.numel() == T else rows.subset(todo)
             idx, valid = _padded_index(ws[todo])
-            Xw = Xt.gather(2, idx.unsqueeze(1).expand(-1, X.shape[1], -1)) * valid.unsqueeze(1)
-            out = self._run(Xw, Y64[todo], lam1[todo], alpha[todo], min(rounds, left))
+            Xw = sub.gather_features(idx, valid)
+            out = self._run(_Rows(Xw), Y64[todo], lam1[todo], alpha[todo], min(rounds, left))
             alpha[todo], gap[todo], P[todo], Dv[todo] = out[0], out[1], out[3], out[4]
-            iters[todo] += out[2]
-            nrm = column_norms(((Y64[todo] - out[0]).to(X.dtype)).transpose(1, 2) @ Xt)
+            iters[todo] += out.iterations
+            gram[todo], gram_mask[todo] = out.gram, ws[todo]
+            Mfull = sub.left((Y64[todo] - out.alpha).to(X.dtype).transpose(1, 2))
+            Mt[todo] = Mfull
+            nrm = column_norms(Mfull)
             viol = (nrm > lam[todo]) & ~ws[todo]
             bad = viol.any(1)
             # no violator: the restricted certificate is the full problem's
-            settled = (~bad) & (out[1] <= self.tol)
+            settled = (~bad) & (out.gap <= self.tol)
             grow = viol | ((nrm > self.ws_threshold * lam[todo]) & bad.unsqueeze(-1))
             ws[todo] |= grow
             todo = todo[~settled]
             if not todo.numel():
-                return alpha, gap, iters, P, Dv
+                return SolverOutput(alpha, gap, iters, P, Dv, Mt, gram, gram_mask)
             rounds *= 2
         # out of budget: certify (or finish) the unsettled tasks on all features
         budget = max(0, self.max_iter - int(iters[todo].max()))  # 0: certify only
-        out = self._run(X[todo], Y64[todo], lam1[todo], alpha[todo], budget)
+        out = self._run(rows.subset(todo), Y64[todo], lam1[todo], alpha[todo], budget)
         alpha[todo], gap[todo], P[todo], Dv[todo] = out[0], out[1], out[3], out[4]
-        iters[todo] += out[2]
-        return alpha, gap, iters, P, Dv
+        iters[todo] += out.iterations
+        Mt[todo], gram[todo], gram_mask[todo] = out.Mt, out.gram, True
+        return SolverOutput(alpha, gap, iters, P, Dv, Mt, gram, gram_mask)
 
     def _run(
         self,
-        X: Tensor,
+        rows: _Rows,
         Y: Tensor,
         lam1: Tensor,
         alpha: Tensor,
         max_iter: int,
         Mt: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    ) -> SolverOutput:
         """The iterations on a fixed feature set, from the feasible float64 ``alpha``.
 
         ``X`` passes run in its dtype; the small dual-space arithmetic (``α``, the metric, the
@@ -488,28 +573,32 @@ class GroupSparseSVMSolver:
         """
         T, _, K = Y.shape
         lam2, tau = float(self.lam2), float(self.tau)
-        dt = X.dtype
+        dt = rows.X.dtype
+        dev = rows.X.device
         lam1 = lam1.double()
         rank = self.rank if self.method == "vmfista" else 0
-        metric = _Metric.from_features(X, lam2, tau, rank, Y.shape[-1])
+        metric = _Metric.from_gram(rows.gram(), lam2, tau, rank, K)
+        gram = metric.gram
         if self.method == "pgd":
             metric = _Metric(metric.top, metric.V, metric.lam, metric.top, metric.VV)
-        # best certified point per task
+        # best certified point per task, with its (Y − α)ᵀX
         sol = alpha.clone()
-        gap = torch.full((T,), float("inf"), dtype=torch.float64, device=X.device)
-        P = torch.zeros(T, dtype=torch.float64, device=X.device)
+        gap = torch.full((T,), float("inf"), dtype=torch.float64, device=dev)
+        P = torch.zeros(T, dtype=torch.float64, device=dev)
         Dv = torch.zeros_like(P)
-        iters = torch.zeros(T, dtype=torch.long, device=X.device)
+        iters = torch.zeros(T, dtype=torch.long, device=dev)
 
-        live = torch.arange(T, device=X.device)  # task ids of the batch rows
-        Xb, Yb, lb, mb = X, Y, lam1, metric
+        live = torch.arange(T, device=dev)  # task ids of the batch rows
+        rb, Yb, lb, mb = rows, Y, lam1, metric
         a = alpha
         if Mt is None:
-            Mt = ((Yb - a).to(dt)).transpose(1, 2) @ Xb  # (B, K, p): fast layout for both passes
+            Mt = rb.left((Yb - a).to(dt).transpose(1, 2))  # (B, K, p): fast for both passes
+        # where each task's best point's M lives: (tensor, row), gathered once at the end
+        sol_Mt: list[tuple[Tensor, int]] = [(Mt, i) for i in range(T)]
         prev, Mt_prev = a, Mt
-        t = torch.ones(T, 1, 1, dtype=torch.float64, device=X.device)
-        Wm = torch.zeros(T, mb.V.shape[-1], K, dtype=torch.float64, device=X.device)
-        since = torch.zeros(T, dtype=torch.long, device=X.device)
+        t = torch.ones(T, 1, 1, dtype=torch.float64, device=dev)
+        Wm = torch.zeros(T, mb.V.shape[-1], K, dtype=torch.float64, device=dev)
+        since = torch.zeros(T, dtype=torch.long, device=dev)
         k = 0
         while True:
             if self.method == "pgd":
@@ -518,8 +607,8 @@ class GroupSparseSVMSolver:
                 t_next = 0.5 * (1.0 + torch.sqrt(1.0 + 4.0 * t * t))
                 mom = (t - 1.0) / t_next
             y = a + mom * (a - prev)
-            My = Mt + mom.to(dt) * (Mt - Mt_prev)  # M is linear in α: no pass over X
-            nrm, S = _scores(Xb, My, lb, lam2)
+            My = torch.lerp(Mt_prev, Mt, (1.0 + mom).to(dt))  # M is linear in α: no pass
+            nrm, S = _scores(rb, My, lb, lam2)
             # certificate: free at y when y is feasible; otherwise every check_every iterations
             feas = (y >= 0).all(-1).all(-1)
             need = (~feas) & (since + 1 >= self.check_every)
@@ -532,7 +621,7 @@ class GroupSparseSVMSolver:
                 cand_gap = torch.where(feas, gc, cand_gap)
                 cand_P, cand_D = Pc, Dc
             if bool(need.any()):
-                nrm_a, S_a = _scores(Xb, Mt, lb, lam2)
+                nrm_a, S_a = _scores(rb, Mt, lb, lam2)
                 Pa, Da, ga = _certificate(S_a, nrm_a, a, Yb, lb, lam2, tau)
                 nd = need.reshape(-1, 1, 1)
                 cand = torch.where(nd, a, y)
@@ -546,34 +635,38 @@ class GroupSparseSVMSolver:
                 ids = live[better]
                 sol[ids], gap[ids] = cand[better], cand_gap[better]
                 P[ids], Dv[ids] = cand_P[better], cand_D[better]
+                for row in better.nonzero().flatten().tolist():
+                    sol_Mt[int(live[row])] = (Mt if bool(need[row]) else My, row)
             done = gap[live] <= self.tol
             if k >= max_iter or bool(done.all()):
                 break
             n_done = int(done.sum())
             if n_done and 2 * n_done >= live.numel():  # compact: certified tasks leave
                 keep = ~done
-                live, Xb, Yb, lb, mb = live[keep], Xb[keep], Yb[keep], lb[keep], mb.index(keep)
+                live, rb, mb = live[keep], rb.subset(keep), mb.index(keep)
+                Yb, lb = Yb[keep], lb[keep]
                 a, prev, y, t, t_next, Wm, since = (
                     v[keep] for v in (a, prev, y, t, t_next, Wm, since)
                 )
                 Mt, Mt_prev, S = Mt[keep], Mt_prev[keep], S[keep]
             grad = -S + tau * (y - Yb) - (1.0 - Yb)
             new, Wm = mb.prox(y, grad, Wm)
-            Mt_new = ((Yb - new).to(dt)).transpose(1, 2) @ Xb
+            Mt_new = rb.left((Yb - new).to(dt).transpose(1, 2))
             if self.method != "pgd":
                 up = ((mb.apply(y - new)) * (new - a)).sum((1, 2)) > 0
                 t_next = torch.where(up.reshape(-1, 1, 1), torch.ones_like(t_next), t_next)
             prev, Mt_prev, a, Mt, t = a, Mt, new, Mt_new, t_next
             iters[live] += 1
             k += 1
-        return sol, gap, iters, P, Dv
+        Mt_sol = torch.stack([src[row] for src, row in sol_Mt])
+        return SolverOutput(sol, gap, iters, P, Dv, Mt_sol, gram, None)
 
 
-def _scores(X: Tensor, Mt: Tensor, lam1: Tensor, lam2: float) -> tuple[Tensor, Tensor]:
+def _scores(rows: _Rows, Mt: Tensor, lam1: Tensor, lam2: float) -> tuple[Tensor, Tensor]:
     """Feature norms ``‖M_j‖`` (float64) and scores ``X Wᵀ`` (float64) for ``Mt`` (T, K, p)."""
     nrm = column_norms(Mt)
     shrink = 1.0 - lam1.to(Mt.dtype).unsqueeze(-1) / nrm
-    S = X @ (Mt * shrink.clamp_min(0.0).unsqueeze(1)).transpose(1, 2)
+    S = rows.right((Mt * shrink.clamp_min(0.0).unsqueeze(1)).transpose(1, 2))
     return nrm.double(), S.double() / lam2
 
 
@@ -662,15 +755,19 @@ def solve_group_sparse_svm(
         rank=rank,
         working_set=working_set,
     )
-    alpha, gap, iters, P, Dv = solver.run(X, Y, lam1_t, init=init, Mt0=Mt0)
-    alpha, gap, P, Dv = (v.to(support.dtype) for v in (alpha, gap, P, Dv))
+    out = solver.run(X, Y, lam1_t, init=init, Mt0=Mt0)
+    iters = out.iterations
+    alpha, gap, P, Dv = (v.to(support.dtype) for v in out[:2] + out[3:5])
     if backward == "generic":
         alpha_att = svm_dual_root(alpha, support, Y, lam1_t, lam2, tau, method="generic")
     else:
         alpha_att = svm_dual_root(alpha, support, Y, lam1_t, lam2, tau, solve=backward)
     n, K, p = Y.shape[1], Y.shape[2], support.shape[2]
     if backward != "generic" and _use_cg_backward(backward, tau, n, K, p):
-        weights = svm_weights(alpha, support, Y, lam1_t, lam2, tau)  # fused backward
+        # fused backward; the solver's M and Gram save it three passes over X
+        weights = svm_weights(
+            alpha, support, Y, lam1_t, lam2, tau, Mt=out.Mt, gram=(out.gram, out.gram_mask)
+        )
     else:
         Mt = (Y - alpha_att).transpose(1, 2) @ support  # (T, K, p): the fast layout
         weights = weights_from_m(Mt, lam1_t, lam2)

@@ -491,15 +491,46 @@ def _project_matrix(st: dict[str, Tensor], H: Tensor) -> Tensor:
 
 
 def _weighted_gram(X: Tensor, w: Tensor, chunk: int = 2048) -> Tensor:
-    """``X diag(w) Xᵀ`` per task, in feature chunks: the (T, n, p) temporary of ``X * w``
-    costs more than the product itself at p = 16000 (measured 88 ms vs 54 ms chunked)."""
+    """``X diag(w) Xᵀ`` per task, in feature chunks through one reused buffer: a (T, n, p)
+    temporary of ``X * w`` costs more than the product itself at p = 16000 (page faults)."""
     if X.shape[2] <= 2 * chunk:
         return (X * w.unsqueeze(1)) @ X.transpose(1, 2)
     G = torch.zeros(X.shape[0], X.shape[1], X.shape[1], dtype=X.dtype, device=X.device)
+    buf = X.new_empty(X.shape[0], X.shape[1], chunk)
     for a in range(0, X.shape[2], chunk):
         Xc = X[:, :, a : a + chunk]
-        G.baddbmm_(Xc * w[:, None, a : a + chunk], Xc.transpose(1, 2))
+        Xw = torch.mul(Xc, w[:, None, a : a + chunk], out=buf[:, :, : Xc.shape[2]])
+        G.baddbmm_(Xw, Xc.transpose(1, 2))
     return G
+
+
+def _precond_weights(c: Tensor, act: Tensor) -> Tensor:
+    """Per-feature curvature of the preconditioner, within the Hessian's own range
+    ``[1 − c_j, 1]`` on active features (0 elsewhere): 1 where ``c_j ≤ 1/2`` (as good as
+    any value of that range there, and it leaves the forward's Gram untouched, see
+    :func:`_gram_from_forward`), the midpoint ``1 − c_j/2`` nearer the threshold."""
+    return torch.where(act, torch.where(c <= 0.5, 1.0, 1.0 - 0.5 * c), 0.0)
+
+
+def _gram_from_forward(
+    X: Tensor, omega: Tensor, gram: tuple[Tensor, Tensor | None], limit: int
+) -> Tensor | None:
+    """``X diag(ω) Xᵀ`` (float64) as the forward's ``G_S = X_S X_Sᵀ`` plus a gathered update
+    on the features whose weight differs from their weight in ``G_S`` (inactive ones in ``S``,
+    those near the threshold, active ones outside ``S``), when those are fewer than
+    ``limit``; otherwise ``None`` (computing it directly is cheaper)."""
+    G, mask = gram
+    base = torch.ones_like(omega) if mask is None else mask.to(omega.dtype)
+    e = omega - base
+    diff = e != 0
+    m = int(diff.sum(1).max())
+    if m >= limit:
+        return None
+    if m == 0:
+        return G
+    idx, valid = _padded_index(diff)
+    Xe = X.gather(2, idx.unsqueeze(1).expand(-1, X.shape[1], -1)).mul_(valid.unsqueeze(1))
+    return G + _weighted_gram(Xe, e.gather(1, idx) * valid).double()
 
 
 def _svm_backward_cg(
@@ -513,6 +544,7 @@ def _svm_backward_cg(
     grad_weights: Tensor | None = None,
     maxiter: int = 200,
     Mt: Tensor | None = None,
+    gram: tuple[Tensor, Tensor | None] | None = None,
 ) -> Tensor:
     """``X̄ = −(∂_X ∇D)ᵀ u`` with ``(P H P + I − P) u = P ᾱ``, matrix-free (τ > 0).
 
@@ -524,7 +556,8 @@ def _svm_backward_cg(
     face mask, so nothing of size ``s × a`` is gathered. Hessian products cost two passes over
     ``X`` in its own dtype (``Uᵀ X`` then ``X Jᵀ``). PCG is preconditioned by the exact inverse
     of the same system with the group norm's curvature made isotropic per feature, built from
-    one weighted Gram matrix (see below). The final ``X̄`` is closed form:
+    one weighted Gram matrix (see below; ``gram``, the forward's ``(X_S X_Sᵀ, S)``, spares its
+    pass over ``X`` when few weights differ). The final ``X̄`` is closed form:
     ``(u Bᵀ + (Y − α) J[Xᵀu]ᵀ)/λ2``.
     """
     from metasparse.solvers.group_sparse_svm import column_norms
@@ -539,15 +572,23 @@ def _svm_backward_cg(
     lam = lam1.to(dt).unsqueeze(-1)
     act = safe > lam
     p_full = X.shape[2]
+    n_act = int(act.sum(1).max())
+    c = torch.where(act, lam / safe, torch.zeros_like(safe))  # λ1/‖M_j‖ on active features
+    omega = _precond_weights(c, act)
+    gathered = n_act <= 0.6 * p_full
+    Gw = None
+    if gram is not None:
+        # the update gathers its features: worth it below about half of the direct product's
+        Gw = _gram_from_forward(X, omega, gram, (n_act if gathered else p_full) // 2)
     idx = None
-    if int(act.sum(1).max()) <= 0.6 * p_full:  # sparse solution: work on active features only
+    if gathered:  # sparse solution: work on active features only
         idx, valid = _padded_index(act)  # padding slots point at distinct inactive features
         X = X.gather(2, idx.unsqueeze(1).expand(-1, X.shape[1], -1)) * valid.unsqueeze(1)
         Mt = Mt.gather(2, idx.unsqueeze(1).expand(-1, Mt.shape[1], -1))
         safe, act = safe.gather(1, idx), valid
+        c, omega = c.gather(1, idx) * valid, omega.gather(1, idx) * valid
         if grad_weights is not None:
             grad_weights = grad_weights.gather(2, idx.unsqueeze(1).expand(-1, Mt.shape[1], -1))
-    c = torch.where(act, lam / safe, torch.zeros_like(safe))  # λ1/‖M_j‖ on active features
     w = torch.where(act, 1.0 - c, torch.zeros_like(safe))  # tangential curvature
     Vh = Mt / safe.unsqueeze(1)
     Bt = Mt * w.unsqueeze(1)  # BST(M)ᵀ (T, K, p)
@@ -580,8 +621,9 @@ def _svm_backward_cg(
     # coupling between classes, H0 restricted to the free coordinates is block-diagonal over
     # classes (one n×n block per class, masked); the per-example sum constraints are imposed
     # through an n×n Schur complement. Cost: K + 1 small Cholesky factorisations per task.
-    # curvature: the tangential part plus half the radial excess (fewest PCG steps, measured)
-    Gw = _weighted_gram(X, w + 0.5 * c).to(f64) / lam2  # (T, n, n)
+    if Gw is None:
+        Gw = _weighted_gram(X, omega)
+    Gw = Gw.to(f64) / lam2  # (T, n, n)
     mk = m.transpose(1, 2)  # (T, K, n)
     Hk = Gw.unsqueeze(1) * (mk.unsqueeze(-1) * mk.unsqueeze(-2))
     Hk = Hk + torch.diag_embed(tau * mk + (1.0 - mk))
@@ -600,8 +642,10 @@ def _svm_backward_cg(
         grad_alpha = grad_alpha.to(f64) - XB[..., K:].to(f64)
     b = proj(grad_alpha.to(f64))
     tol = CG_TOL.get(dt, 1e-6)
-    x = precond(b)
-    r = b - matvec(x)
+    # x₀ = 0: the first CG step then takes the best multiple of precond(b), at no pass over X
+    # (x₀ = precond(b) would cost a Hessian product for a worse start)
+    x = torch.zeros_like(b)
+    r = b
     z = precond(r)
     p = z
     rz = (r * z).sum((1, 2))
@@ -670,35 +714,70 @@ class _SVMWeights(torch.autograd.Function):
     """``W = BST(Xᵀ(Y − α*))/λ2`` (T, K, p) with the implicit gradient of ``α*`` folded in."""
 
     @staticmethod
-    def forward(ctx: Any, X: Tensor, alpha: Tensor, Y: Tensor, lam1: Tensor, hp: tuple) -> Tensor:
+    def forward(
+        ctx: Any,
+        X: Tensor,
+        alpha: Tensor,
+        Y: Tensor,
+        lam1: Tensor,
+        Mt: Tensor | None,
+        gram: Tensor | None,
+        gram_mask: Tensor | None,
+        hp: tuple,
+    ) -> Tensor:
         from metasparse.solvers.group_sparse_svm import weights_from_m
 
         lam2, _ = hp
-        Mt = (Y - alpha).transpose(1, 2) @ X  # (T, K, p): the fast layout
-        ctx.save_for_backward(X, alpha, Y, lam1, Mt)  # Mt saves the backward a pass over X
+        if Mt is None:
+            Mt = (Y - alpha).transpose(1, 2) @ X.detach()  # (T, K, p): the fast layout
+        ctx.save_for_backward(X, alpha, Y, lam1, Mt, gram, gram_mask)  # spare backward passes
         ctx.hp = hp
         return weights_from_m(Mt, lam1, lam2)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_w: Tensor) -> tuple[Tensor | None, ...]:
-        X, alpha, Y, lam1, Mt = ctx.saved_tensors
+        X, alpha, Y, lam1, Mt, gram, gram_mask = ctx.saved_tensors
         lam2, tau = ctx.hp
         if not ctx.needs_input_grad[0]:
-            return None, None, None, None, None
-        gX = _svm_backward_cg(alpha, X.detach(), Y, lam1, lam2, tau, None, grad_w, Mt=Mt)
-        return gX, None, None, None, None
+            return (None,) * 8
+        G = None if gram is None else (gram, gram_mask)
+        gX = _svm_backward_cg(alpha, X.detach(), Y, lam1, lam2, tau, None, grad_w, Mt=Mt, gram=G)
+        return (gX,) + (None,) * 7
 
 
 def svm_weights(
-    alpha: Tensor, support: Tensor, Y: Tensor, lam1: Tensor, lam2: float, tau: float
+    alpha: Tensor,
+    support: Tensor,
+    Y: Tensor,
+    lam1: Tensor,
+    lam2: float,
+    tau: float,
+    *,
+    Mt: Tensor | None = None,
+    gram: tuple[Tensor, Tensor | None] | None = None,
 ) -> Tensor:
     """Primal weights ``W = BST(Xᵀ(Y − α*), λ1)/λ2`` (T, K, p) of the dual solution ``α*``,
     differentiable w.r.t. ``support`` through both the direct path and the implicit ``α*``
-    (one fused backward: matrix-free CG on the KKT system, needs ``τ > 0``)."""
+    (one fused backward: matrix-free CG on the KKT system, needs ``τ > 0``).
+
+    Optional, from the solver (each spares passes over ``support``): ``Mt`` = ``(Y − α*)ᵀX``
+    (T, K, p) and ``gram`` = ``(X_S X_Sᵀ, S)``, the Gram matrix (T, n, n) over the features of
+    the mask ``S`` (T, p) (``None``: all features).
+    """
     if not tau > 0:
         raise ValueError("svm_weights needs tau > 0 (the CG backward); use svm_dual_root")
-    return _SVMWeights.apply(support, alpha.detach(), Y, lam1.detach(), (lam2, tau))
+    G, mask = (None, None) if gram is None else gram
+    return _SVMWeights.apply(
+        support,
+        alpha.detach(),
+        Y,
+        lam1.detach(),
+        None if Mt is None else Mt.detach(),
+        G,
+        mask,
+        (lam2, tau),
+    )
 
 
 def svm_dual_root(
