@@ -449,9 +449,12 @@ class GroupSparseSVMSolver:
         check_every: an iteration whose extrapolated point is feasible is certified for free;
             otherwise a certificate (one extra pass over ``X``) is computed every
             ``check_every`` iterations.
-        working_set, ws_threshold, ws_max: iterate on the features with
+        working_set, ws_threshold, ws_max, ws_round: iterate on the features with
             ``‖M_j‖ > ws_threshold·λ1`` at the start when they are at most a fraction ``ws_max``
-            of all (sparse solutions, large λ1/λ_max); see :meth:`run`.
+            of all (sparse solutions, large λ1/λ_max), in rounds of ``ws_round``, then twice
+            as many, ... iterations; see :meth:`run`. 0.95 and 5 (rather than 0.9 and 10):
+            15-shot at λ1/λ_max = 0.5, 5-way, 8 episodes, iterations 20.2 → 19.2 (p = 2560) and
+            17.4 → 16.1 (p = 16000); 5-shot 14.2 → 11.2 and 14.5 → 11.2.
     """
 
     lam2: float = DEFAULT_LAM2
@@ -462,9 +465,9 @@ class GroupSparseSVMSolver:
     rank: int = 8
     check_every: int = 3
     working_set: bool = True
-    ws_threshold: float = 0.9
+    ws_threshold: float = 0.95
     ws_max: float = 0.7
-    ws_round: int = 10
+    ws_round: int = 5
 
     def __post_init__(self) -> None:
         if not self.lam2 > 0:
@@ -481,6 +484,8 @@ class GroupSparseSVMSolver:
             raise ValueError(f"rank must be a non-negative integer, got {self.rank!r}")
         if int(self.check_every) != self.check_every or self.check_every < 1:
             raise ValueError(f"check_every must be a positive integer, got {self.check_every!r}")
+        if int(self.ws_round) != self.ws_round or self.ws_round < 1:
+            raise ValueError(f"ws_round must be a positive integer, got {self.ws_round!r}")
 
     @torch.no_grad()
     def run(
