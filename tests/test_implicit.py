@@ -108,3 +108,39 @@ def test_bad_arguments_raise():
         implicit_root(lambda z_: z_, z, (), solve="lu")
     with pytest.raises(ValueError, match="active mask"):
         implicit_root(lambda z_: z_, z, (), active=torch.ones(3, dtype=torch.bool))
+
+
+def test_dense_solve_is_safe_after_raising_the_thread_count():
+    # batched CPU LU returns invalid pivots after torch.set_num_threads(2) (a PyTorch bug,
+    # reproduced here at 8 × 200 × 200 in float32); the dense implicit solve factorises one task
+    # at a time instead (conftest restores one thread afterwards)
+    from metasparse.solvers.implicit import _solve_per_task
+
+    g = torch.Generator().manual_seed(3)
+    m = 200
+    A = torch.randn(8, m, m, generator=g, dtype=torch.float64) + m**0.5 * torch.eye(m)
+    b = torch.randn(8, m, generator=g, dtype=torch.float64)
+    torch.set_num_threads(2)
+    for dtype, tol in ((torch.float32, 1e-3), (torch.float64, 1e-10)):
+        x = _solve_per_task(A.to(dtype), b.to(dtype))
+        resid = (A.to(dtype) @ x.unsqueeze(-1)).squeeze(-1) - b.to(dtype)
+        assert float(resid.abs().max()) < tol, dtype
+    # the generic implicit root through it: a ridge with 8 tasks × 200 coordinates
+    X = torch.randn(8, 30, m, generator=g, dtype=torch.float64, requires_grad=True)
+    Y = torch.randn(8, 30, 1, generator=g, dtype=torch.float64)
+    lam = 0.5
+    with torch.no_grad():
+        H = X.transpose(1, 2) @ X + lam * torch.eye(m, dtype=X.dtype)
+        W = torch.cholesky_solve(X.transpose(1, 2) @ Y, torch.linalg.cholesky(H))
+
+    def grad_f(W_, X_):
+        return X_.transpose(1, 2) @ (X_ @ W_ - Y) + lam * W_
+
+    Wa = implicit_root(grad_f, W, (X,), solve="dense")
+    (gX,) = torch.autograd.grad(Wa.sum(), X)
+    torch.set_num_threads(1)  # the reference below uses batched LU itself
+    Wd = torch.linalg.solve(
+        X.transpose(1, 2) @ X + lam * torch.eye(m, dtype=X.dtype), X.transpose(1, 2) @ Y
+    )
+    (ref,) = torch.autograd.grad(Wd.sum(), X)
+    torch.testing.assert_close(gX, ref, rtol=1e-7, atol=1e-9)

@@ -403,3 +403,21 @@ def test_solver_hands_its_m_and_gram_to_the_backward(lam_ratio, monkeypatch):
         grads.append(gX)
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-8, atol=1e-10)
     assert updates == [True]  # the update path ran (0.6: on the working set's Gram)
+
+
+@pytest.mark.parametrize("max_iter", [2, 4, 7, 12])
+def test_working_set_out_of_budget_reports_the_full_problems_gap(max_iter):
+    # stopped mid-round (with or without violators outside the set), the reported gap is the
+    # certificate of the returned point on all features
+    g = torch.Generator().manual_seed(24)
+    X = torch.relu(torch.randn(4, 30, 400, generator=g, dtype=torch.float64))
+    labels = torch.arange(5).repeat_interleave(6).expand(4, -1)
+    res = solve_group_sparse_svm(
+        X, labels, 5, lam_ratio=0.6, lam2=10.0, tau=0.1, tol=1e-12, max_iter=max_iter
+    )
+    assert int(res.iterations.max()) <= max_iter
+    Y = torch.eye(5, dtype=X.dtype)[labels]
+    P, D, gap = objectives(res.dual.detach(), X, Y, res.lam1, 10.0, 0.1)
+    torch.testing.assert_close(res.gap, gap, rtol=1e-6, atol=1e-12)
+    torch.testing.assert_close(res.primal, P, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(res.dual_value, D, rtol=1e-9, atol=1e-9)

@@ -99,10 +99,19 @@ def _dense_solve(
     pad = ~(valid.unsqueeze(2) & valid.unsqueeze(1))
     J = torch.where(pad, eye, J)
     rhs = torch.gather(g.reshape(T, m), 1, idx) * valid
-    sol = torch.linalg.solve(J.transpose(1, 2).to(solve_dtype), rhs.to(solve_dtype).unsqueeze(-1))
-    sol = sol.squeeze(-1).to(g.dtype) * valid
+    sol = _solve_per_task(J.transpose(1, 2).to(solve_dtype), rhs.to(solve_dtype))
+    sol = sol.to(g.dtype) * valid
     u.scatter_add_(1, idx, sol)
     return u.reshape(g.shape)
+
+
+def _solve_per_task(A: Tensor, b: Tensor) -> Tensor:
+    """``A_t x_t = b_t`` for every task (A (T, m, m), b (T, m)), one LU factorisation at a time
+    on the CPU: the batched CPU LU can return invalid pivots after ``torch.set_num_threads(n >
+    1)`` (a PyTorch bug; qpth trips on it at 5-way 15-shot). On other devices, batched."""
+    if A.device.type != "cpu":
+        return torch.linalg.solve(A, b.unsqueeze(-1)).squeeze(-1)
+    return torch.stack([torch.linalg.solve(A[t], b[t]) for t in range(A.shape[0])])
 
 
 def _bdot(a: Tensor, b: Tensor) -> Tensor:
