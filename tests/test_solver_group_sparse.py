@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import numpy as np
 import pytest
@@ -255,8 +256,14 @@ def _degenerate_cases():
 def test_degenerate_episodes_are_finite_and_certified(case):
     X, labels = _degenerate_cases()[case]
     Xg = X.clone().requires_grad_(True)
-    res = solve_group_sparse_svm(Xg, labels, 3, lam_ratio=0.1, max_iter=500)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = solve_group_sparse_svm(Xg, labels, 3, lam_ratio=0.1, max_iter=500)
     assert bool(torch.isfinite(res.weights).all()) and bool(torch.isfinite(res.gap).all())
+    # an uncertified episode is announced, with the cause and the fix
+    said = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert bool(res.converged.all()) == (not said)
+    assert all("normalise the features" in m for m in said)
     if case == "huge_scale":
         # κ = ‖X‖²/(λ2 τ) ~ 1e14: the first-order dual solver cannot certify within max_iter;
         # it must say so honestly (converged=False) with the true gap of the returned weights.
@@ -412,9 +419,10 @@ def test_working_set_out_of_budget_reports_the_full_problems_gap(max_iter):
     g = torch.Generator().manual_seed(24)
     X = torch.relu(torch.randn(4, 30, 400, generator=g, dtype=torch.float64))
     labels = torch.arange(5).repeat_interleave(6).expand(4, -1)
-    res = solve_group_sparse_svm(
-        X, labels, 5, lam_ratio=0.6, lam2=10.0, tau=0.1, tol=1e-12, max_iter=max_iter
-    )
+    with pytest.warns(RuntimeWarning, match="not certified"):
+        res = solve_group_sparse_svm(
+            X, labels, 5, lam_ratio=0.6, lam2=10.0, tau=0.1, tol=1e-12, max_iter=max_iter
+        )
     assert int(res.iterations.max()) <= max_iter
     Y = torch.eye(5, dtype=X.dtype)[labels]
     P, D, gap = objectives(res.dual.detach(), X, Y, res.lam1, 10.0, 0.1)

@@ -21,6 +21,7 @@ differentiated through, as in the paper's code).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -781,6 +782,16 @@ def solve_group_sparse_svm(
         weights = weights_from_m(Mt, lam1_t, lam2)
     with torch.no_grad():
         used = (weights != 0).any(1).to(support.dtype).mean(-1)
+    converged = gap <= tol
+    if not bool(converged.all()):
+        warnings.warn(
+            "group-sparse SVM: some episodes were not certified to the requested duality gap "
+            "within max_iter (their reached gap is in result.gap, result.converged is False). "
+            "Badly scaled features (e.g. norms ~1e6) make the dual ill-conditioned: normalise "
+            "the features, raise lam2 or tau, or raise max_iter.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return GroupSparseSVMResult(
         weights=weights,
         dual=alpha_att,
@@ -789,6 +800,6 @@ def solve_group_sparse_svm(
         iterations=iters,
         primal=P,
         dual_value=Dv,
-        converged=gap <= tol,
+        converged=converged,
         features_used=used,
     )
