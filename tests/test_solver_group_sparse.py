@@ -429,3 +429,20 @@ def test_working_set_out_of_budget_reports_the_full_problems_gap(max_iter):
     torch.testing.assert_close(res.gap, gap, rtol=1e-6, atol=1e-12)
     torch.testing.assert_close(res.primal, P, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(res.dual_value, D, rtol=1e-9, atol=1e-9)
+
+
+def test_cg_backward_says_when_it_stops_short():
+    from metasparse.solvers.group_sparse_svm import _onehot
+    from metasparse.solvers.implicit import _svm_backward_cg
+
+    X, labels = _episode(seed=25, T=2, n=12, p=40)
+    Y = _onehot(labels, 3, X.dtype)
+    res = solve_group_sparse_svm(X, labels, 3, lam_ratio=0.2, lam2=0.5, tau=0.05, tol=1e-12)
+    alpha = res.dual.detach()
+    ga = torch.randn_like(alpha)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # converged: silent
+        full = _svm_backward_cg(alpha, X, Y, res.lam1, 0.5, 0.05, ga)
+    with pytest.warns(RuntimeWarning, match="CG stopped after 1 steps"):
+        short = _svm_backward_cg(alpha, X, Y, res.lam1, 0.5, 0.05, ga, maxiter=1)
+    assert not torch.allclose(full, short)

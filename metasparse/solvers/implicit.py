@@ -32,6 +32,7 @@ The iterations are never unrolled. Two entry points:
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -634,7 +635,10 @@ def _svm_backward_cg(
     mk = m.transpose(1, 2)  # (T, K, n)
     Hk = Gw.unsqueeze(1) * (mk.unsqueeze(-1) * mk.unsqueeze(-2))
     Hk = Hk + torch.diag_embed(tau * mk + (1.0 - mk))
-    Lk, _ = torch.linalg.cholesky_ex(Hk)
+    Lk, info = torch.linalg.cholesky_ex(Hk)
+    if bool((info > 0).any()):  # round-off made a block indefinite (τ ≈ 0): a tiny jitter
+        jit = 1e-10 * Hk.diagonal(dim1=-2, dim2=-1).amax(-1) + 1e-300
+        Lk, _ = torch.linalg.cholesky_ex(Hk + torch.diag_embed(jit.unsqueeze(-1).expand_as(mk)))
     Hinv = torch.cholesky_inverse(Lk) * (mk.unsqueeze(-1) * mk.unsqueeze(-2))  # (T, K, n, n)
     Lc, _ = torch.linalg.cholesky_ex(Hinv.sum(1))  # every example has a free class: SPD
 
@@ -668,6 +672,15 @@ def _svm_backward_cg(
         rz_new = (r * z).sum((1, 2))
         p = z + (rz_new / rz.clamp_min(1e-300)).reshape(T, 1, 1) * p
         rz = rz_new
+    else:
+        res = float((r.flatten(1).norm(dim=-1) / bn).max())
+        warnings.warn(
+            f"group-sparse SVM backward: CG stopped after {maxiter} steps at relative residual "
+            f"{res:.1e} > {tol:.0e}; the gradient is approximate (tau = {tau:g} near 0 makes "
+            "the implicit system ill-conditioned: raise tau)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     u = proj(x).to(dt) / lam2
     JQ = jac(u.transpose(1, 2) @ X)  # J[Xᵀu]/λ2
     if Mbar is not None:
