@@ -5,17 +5,21 @@ other processes hits them alike; the table reports medians, the ratio to qpth, a
 duality gap each method reaches (qpth: its certified gap on the λ1 = 0 problem it solves).
 
     python benchmarks/head_speed.py                       # full grid, CPU, markdown to stdout
+    python benchmarks/head_speed.py --repeats 3 --ours-threads 2 \
+        --out /tmp/head_speed.md --json benchmarks/results/head_speed_cpu.json
     python benchmarks/head_speed.py --device cuda --out benchmarks/head_speed_gpu.md
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import statistics
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -264,6 +268,7 @@ def main() -> None:
         help="also time our head (certified) with this many threads (it uses no batched LU)",
     )
     ap.add_argument("--out", default=None, help="also write the markdown table here")
+    ap.add_argument("--json", default=None, help="also write the raw rows (and machine) here")
     ap.add_argument(
         "--compare",
         action="store_true",
@@ -273,11 +278,22 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda requested but CUDA is not available; use --device cpu")
-    md = compare_solvers(args) if args.compare else to_markdown(run(args), args)
+    if args.compare:
+        md = compare_solvers(args)
+    else:
+        rows = run(args)
+        md = to_markdown(rows, args)
+        if args.json:
+            meta = {
+                "machine": md.splitlines()[0],
+                "date": time.strftime("%Y-%m-%d"),
+                "args": vars(args),
+                "rows": rows,
+            }
+            Path(args.json).write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
     print(md)
     if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(md)
+        Path(args.out).write_text(md)
 
 
 if __name__ == "__main__":
