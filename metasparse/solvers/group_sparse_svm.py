@@ -22,7 +22,7 @@ differentiated through, as in the paper's code).
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import torch
@@ -769,13 +769,12 @@ def _newton_direction(alpha: Tensor, g: Tensor, H: Tensor) -> Tensor:
     """Newton direction ``δ`` (T, n, K) for ``D`` on the simplices, from the gradient ``g`` and
     Hessian ``H`` at ``α``.
 
-    Face: the positive coordinates, plus those whose gradient is below every positive one of
-    their row (moving mass there is downhill), minus the near-zero ones (< 1e-3) whose gradient
-    exceeds the row's α-weighted mean (an ε-active set: no zigzag of tiny steps against the
-    boundary). Off the face ``α`` goes to
-    0 and its mass is spread over the row's face; on it ``δ`` minimises the quadratic model in
-    the face's tangent space, ``(P H P + I − P) u = −P(g + H δ₀)``. Entering coordinates the
-    step would push below 0 leave the face and the system is solved again.
+    Face: the coordinates above round-off (1e-12; the simplex projection leaves ~1e-17 where
+    it means 0, and those would stop every step), plus those whose gradient is below every
+    positive one of their row (moving mass there is downhill). Off the face ``α`` goes to 0 and
+    its mass is spread over the row's face; on it ``δ`` minimises the quadratic model in the
+    face's tangent space, ``(P H P + I − P) u = −P(g + H δ₀)``. Entering coordinates the step
+    would push below 0 leave the face and the system is solved again.
     """
     from metasparse.solvers.implicit import _spd_solve
 
@@ -936,8 +935,6 @@ def _polish(
     ``solver.polish_steps`` Newton steps per stage and ``budget`` iterations in all, a few
     kept for every later stage.
     """
-    import dataclasses
-
     tau, tol, steps = float(solver.tau), float(solver.tol), int(solver.polish_steps)
     stages = [float(solver.lam2)]
     k = float(spread.max()) if spread.numel() else 0.0
@@ -947,7 +944,7 @@ def _polish(
     stages.reverse()
     used = torch.zeros(Y.shape[0], dtype=torch.long, device=Y.device)
     if len(stages) > 1 and budget > 3 * len(stages):
-        first = dataclasses.replace(solver, lam2=stages[0], polish_after=0, working_set=False)
+        first = replace(solver, lam2=stages[0], polish_after=0, working_set=False)
         cap = min(_POLISH_FISTA, budget - 3 * len(stages))
         out = first._run(rows, Y, lam1, alpha, cap, Mt)
         alpha, Mt, used = out.alpha, out.Mt, used + out.iterations
