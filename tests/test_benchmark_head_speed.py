@@ -26,7 +26,8 @@ def _load():
 def test_head_speed_runs_every_method_on_a_tiny_grid(tmp_path, monkeypatch, capsys):
     mod = _load()
     out, raw = tmp_path / "table.md", tmp_path / "rows.json"
-    argv = "--shots 2 --dims 48 --ratios 0.1 --tasks 2 --way 3 --repeats 1 --ours-threads 2"
+    argv = "--shots 2 --dims 48 --ratios 0.1 --tasks 2 --way 3 --repeats 1 --min-seconds 0"
+    argv += " --ours-threads 2"
     monkeypatch.setattr(sys, "argv", ["head_speed.py", *argv.split(), "--out", str(out)])
     monkeypatch.setattr(sys, "argv", [*sys.argv, "--json", str(raw)])
     threads = torch.get_num_threads()
