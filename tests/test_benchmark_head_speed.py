@@ -27,9 +27,8 @@ def test_head_speed_runs_every_method_on_a_tiny_grid(tmp_path, monkeypatch, caps
     mod = _load()
     out, raw = tmp_path / "table.md", tmp_path / "rows.json"
     argv = "--shots 2 --dims 48 --ratios 0.1 --tasks 2 --way 3 --repeats 1 --min-seconds 0"
-    argv += " --ours-threads 2"
-    monkeypatch.setattr(sys, "argv", ["head_speed.py", *argv.split(), "--out", str(out)])
-    monkeypatch.setattr(sys, "argv", [*sys.argv, "--json", str(raw)])
+    argv += f" --ours-threads 2 --out {out} --json {raw}"
+    monkeypatch.setattr(sys, "argv", ["head_speed.py", *argv.split()])
     threads = torch.get_num_threads()
     try:
         mod.main()

@@ -447,7 +447,7 @@ def test_cg_backward_says_when_it_stops_short():
     assert not torch.allclose(full, short)
 
 
-def _badly_conditioned(tau=1e-3):
+def _badly_conditioned():
     # one well-scaled episode and three scaled by 1e2 / 1e4 / 1e6: κ = ‖X‖²/(λ2 τ) up to ~1e16
     g = torch.Generator().manual_seed(3)
     T, n, p, K = 4, 20, 50, 4

@@ -99,7 +99,22 @@ def _alpha_at_zero(Y: Tensor, tau: float) -> Tensor:
 def dual_gradient(alpha: Tensor, X: Tensor, Y: Tensor, lam1: Tensor, lam2: float, tau: float):
     """``∇D(α)`` (T,n,K); differentiable in ``alpha`` and ``X`` (used by the implicit backward)."""
     M = X.transpose(1, 2) @ (Y - alpha)
-    return -(X @ block_soft_threshold(M, lam1)) / lam2 + tau * (alpha - Y) - (1.0 - Y)
+    return _gradient_from_scores(X @ block_soft_threshold(M, lam1) / lam2, alpha, Y, tau)
+
+
+def _gradient_from_scores(S: Tensor, alpha: Tensor, Y: Tensor, tau: float) -> Tensor:
+    """``∇D(α) = −S + τ(α − Y) − (1 − Y)`` from the scores ``S = X Wᵀ`` at ``α``."""
+    return -S + tau * (alpha - Y) - (1.0 - Y)
+
+
+def _dual_objective(
+    nrm: Tensor, alpha: Tensor, Y: Tensor, lam1: Tensor, lam2: float, tau: float
+) -> Tensor:
+    """``D(α)`` (minimised; float64) from the feature norms ``‖M_j‖`` at ``α``."""
+    ex = (nrm - lam1.unsqueeze(-1)).clamp_min(0.0)
+    dev = alpha - Y
+    D = (ex * ex).sum(-1) / (2 * lam2) + 0.5 * tau * (dev * dev).sum((1, 2))
+    return D - (alpha * (1.0 - Y)).sum((1, 2))
 
 
 def _certificate(
@@ -124,8 +139,7 @@ def _certificate(
     fy = loss - (dev * c).sum(-1) + 0.5 * tau * (dev * dev).sum(-1)
     ex = (nrm - lam1.unsqueeze(-1)).clamp_min(0.0)  # λ2 ‖W_j‖
     P = loss.sum(-1) + (lam1 * ex.sum(-1) + 0.5 * (ex * ex).sum(-1)) / lam2
-    D = (ex * ex).sum(-1) / (2 * lam2) + 0.5 * tau * (dev * dev).sum((1, 2))
-    D = D - (alpha * (1.0 - Y)).sum((1, 2))
+    D = _dual_objective(nrm, alpha, Y, lam1, lam2, tau)
     return P, -D, fy.sum(-1).clamp_min(0.0) / P.abs().clamp_min(1.0)
 
 
@@ -701,7 +715,7 @@ class GroupSparseSVMSolver:
                 iters[live[pend]] += used
                 k += max(1, int(used.max()))  # Newton steps count against max_iter
                 continue
-            grad = -S + tau * (y - Yb) - (1.0 - Yb)
+            grad = _gradient_from_scores(S, y, Yb, tau)
             new, Wm = mb.prox(y, grad, Wm)
             Mt_new = rb.left((Yb - new).to(dt).transpose(1, 2))
             if self.method != "pgd":
@@ -720,16 +734,6 @@ def _scores(rows: _Rows, Mt: Tensor, lam1: Tensor, lam2: float) -> tuple[Tensor,
     shrink = 1.0 - lam1.to(Mt.dtype).unsqueeze(-1) / nrm
     S = rows.right((Mt * shrink.clamp_min(0.0).unsqueeze(1)).transpose(1, 2))
     return nrm.double(), S.double() / lam2
-
-
-def _dual_objective(
-    nrm: Tensor, alpha: Tensor, Y: Tensor, lam1: Tensor, lam2: float, tau: float
-) -> Tensor:
-    """``D(α)`` (minimised; float64) from the feature norms ``‖M_j‖`` at ``α``."""
-    ex = (nrm - lam1.unsqueeze(-1)).clamp_min(0.0)
-    dev = alpha - Y
-    D = (ex * ex).sum(-1) / (2 * lam2) + 0.5 * tau * (dev * dev).sum((1, 2))
-    return D - (alpha * (1.0 - Y)).sum((1, 2))
 
 
 def _dual_hessian(
@@ -884,7 +888,7 @@ def _newton_polish(
         todo &= gap > tol
         if not bool(todo.any()):
             break
-        g = -S + tau * (alpha - Y) - (1.0 - Y)  # ∇D
+        g = _gradient_from_scores(S, alpha, Y, tau)
         delta = _newton_direction(alpha, g, _dual_hessian(rows, Mt, nrm, lam1, lam2, tau))
         M64 = Mt.double()
         dM = rows.left(delta.to(dt).transpose(1, 2)).double()  # M(α + tδ) = M − t·dM
@@ -910,6 +914,7 @@ def _newton_polish(
         Mt = torch.where(m3, M_best, Mt)
         used += todo.long()
         todo &= moved
+    # one pass: the ray steps update M linearly, which drifts from (Y − α)ᵀX by round-off
     return alpha, rows.left((Y - alpha).to(dt).transpose(1, 2)), used
 
 

@@ -562,7 +562,7 @@ def _svm_backward_cg(
     pass over ``X`` when few weights differ). The final ``X̄`` is closed form:
     ``(u Bᵀ + (Y − α) J[Xᵀu]ᵀ)/λ2``.
     """
-    from metasparse.solvers.group_sparse_svm import column_norms
+    from metasparse.solvers.group_sparse_svm import _gradient_from_scores, column_norms
 
     T = Y.shape[0]
     dt = X.dtype
@@ -609,7 +609,7 @@ def _svm_backward_cg(
     Mbar = None if grad_weights is None else jac(grad_weights.to(dt)) / lam2
     K = Bt.shape[1]
     XB = X @ (Bt if Mbar is None else torch.cat([Bt, Mbar], 1)).transpose(1, 2)
-    grad = -XB[..., :K].to(f64) / lam2 + tau * (alpha - Y) - (1.0 - Y)  # ∇D(α)
+    grad = _gradient_from_scores(XB[..., :K].to(f64) / lam2, alpha, Y, tau)  # ∇D(α)
     m = _face_from_gradient(alpha.to(f64), grad).to(f64)  # (T, n, K)
     size = m.sum(-1, keepdim=True).clamp_min(1.0)
 
