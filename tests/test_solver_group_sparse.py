@@ -509,6 +509,40 @@ def test_dual_hessian_matches_autograd():
     torch.testing.assert_close(H, ref, rtol=1e-10, atol=1e-12)
 
 
+def test_dual_hessian_on_slots_is_the_full_hessians_submatrix():
+    # the dense backward builds ∇²D only on the face coordinates, in feature chunks and in X's
+    # dtype: the same numbers as the full float64 Hessian's rows and columns of those slots
+    from metasparse.solvers.group_sparse_svm import (
+        _dual_hessian,
+        _lambda_max,
+        _Rows,
+        column_norms,
+        project_simplex,
+    )
+
+    X, labels = _episode(seed=32, T=2, n=6, p=10, K=3)
+    Y = torch.eye(3, dtype=X.dtype)[labels]
+    lam1 = 0.3 * _lambda_max(X, Y, 0.1)
+    g = torch.Generator().manual_seed(1)
+    a = project_simplex(3 * torch.rand(2, 6, 3, generator=g, dtype=X.dtype))
+    Mt = (Y - a).transpose(1, 2) @ X
+    full = _dual_hessian(_Rows(X), Mt, column_norms(Mt), lam1, 10.0, 0.1)
+    sidx = torch.stack([torch.randperm(18, generator=g)[:7] for _ in range(2)])
+    ref = full.gather(1, sidx.unsqueeze(-1).expand(2, 7, 18))
+    ref = ref.gather(2, sidx.unsqueeze(1).expand(2, 7, 7))
+    slots = (sidx // 3, sidx % 3)
+    for chunk in (3, 1024):
+        sub = _dual_hessian(_Rows(X), Mt, column_norms(Mt), lam1, 10.0, 0.1, chunk, slots)
+        torch.testing.assert_close(sub, ref, rtol=1e-12, atol=1e-14)
+    Mt32 = Mt.float()
+    sub32 = _dual_hessian(
+        _Rows(X.float()), Mt32, column_norms(Mt32), lam1.float(), 10.0, 0.1, 4, slots,
+        dtype=torch.float32,
+    )  # fmt: skip
+    assert sub32.dtype == torch.float64
+    torch.testing.assert_close(sub32, ref, rtol=1e-5, atol=1e-6)
+
+
 def test_iterations_of_an_early_task_do_not_grow_while_it_waits():
     # a task certified early keeps its own iteration count while the batch goes on
     X, labels, Y = _badly_conditioned()

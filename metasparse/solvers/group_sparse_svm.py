@@ -737,33 +737,65 @@ def _scores(rows: _Rows, Mt: Tensor, lam1: Tensor, lam2: float) -> tuple[Tensor,
 
 
 def _dual_hessian(
-    rows: _Rows, Mt: Tensor, nrm: Tensor, lam1: Tensor, lam2: float, tau: float, chunk: int = 1024
+    rows: _Rows,
+    Mt: Tensor,
+    nrm: Tensor,
+    lam1: Tensor,
+    lam2: float,
+    tau: float,
+    chunk: int = 1024,
+    slots: tuple[Tensor, Tensor] | None = None,
+    dtype: torch.dtype = torch.float64,
 ) -> Tensor:
-    """``∇²D`` (T, nK, nK) float64 at the point whose ``M`` is ``Mt``.
+    """``∇²D`` (T, nK, nK) float64 at the point whose ``M`` is ``Mt``, or its restriction to
+    the coordinates ``slots = (i, k)`` (T, s) of the flattened ``α`` (T, s, s).
 
     ``τI + Σ_j x_j x_jᵀ ⊗ J_j/λ2`` over the active features, with ``J_j = (1 − c_j)I +
-    c_j v̂_j v̂_jᵀ``, ``c_j = λ1/‖M_j‖`` (the block soft-threshold's Jacobian); features are
-    gathered in chunks.
+    c_j v̂_j v̂_jᵀ``, ``c_j = λ1/‖M_j‖`` (the block soft-threshold's Jacobian). Features are
+    gathered in chunks, so memory stays at ``s × chunk`` whatever ``p``; products and sums run
+    in ``dtype``. The Newton polish (float64) and the dense backward (``X``'s dtype) use it.
     """
     from metasparse.solvers.implicit import _padded_index
 
     T, K, _ = Mt.shape
     n = rows.X.shape[1]
-    lam = lam1.unsqueeze(-1)
+    dev = Mt.device
+    if slots is None:
+        i_s = torch.arange(n, device=dev).repeat_interleave(K).expand(T, -1)
+        k_s = torch.arange(K, device=dev).repeat(n).expand(T, -1)
+    else:
+        i_s, k_s = slots
+    s = i_s.shape[1]
+    lam = lam1.to(nrm.dtype).unsqueeze(-1)
     idx, valid = _padded_index(nrm > lam)
-    Gw = torch.zeros(T, n, n, dtype=torch.float64, device=Mt.device)
-    H = torch.zeros(T, n * K, n * K, dtype=torch.float64, device=Mt.device)
+    width = min(chunk, idx.shape[1])
+    Gw = torch.zeros(T, n, n, dtype=dtype, device=dev)
+    H = torch.zeros(T, s, s, dtype=dtype, device=dev)
+    # two (T, s, chunk) work buffers reused by every chunk: fresh ones would be page-faulted
+    # in each time (at 15-shot, p = 16000 that cost more than the products)
+    bufs = torch.empty(2, T * s * width, dtype=dtype, device=dev)
     for a0 in range(0, idx.shape[1], chunk):
         ic, vc = idx[:, a0 : a0 + chunk], valid[:, a0 : a0 + chunk]
-        Xc = rows.gather_features(ic, vc).double()  # (T, n, a)
-        r = nrm.gather(1, ic)
-        c = torch.where(vc, lam / r, torch.zeros_like(r))
-        Vh = Mt.gather(2, ic.unsqueeze(1).expand(T, K, -1)).double() / r.unsqueeze(1)
-        Gw += (Xc * torch.where(vc, 1.0 - c, torch.zeros_like(c)).unsqueeze(1)) @ Xc.transpose(1, 2)
-        Z = (Xc.unsqueeze(2) * (Vh * c.sqrt().unsqueeze(1)).unsqueeze(1)).reshape(T, n * K, -1)
-        H.baddbmm_(Z, Z.transpose(1, 2))
-    eyeK = torch.eye(K, dtype=torch.float64, device=Mt.device)
-    H += (Gw[:, :, None, :, None] * eyeK[None, None, :, None, :]).reshape(T, n * K, n * K)
+        Xc = rows.gather_features(ic, vc).to(dtype)  # (T, n, a), 0 on padding
+        a = Xc.shape[2]
+        r = nrm.gather(1, ic).to(dtype)
+        c = torch.where(vc, lam.to(dtype) / r, torch.zeros_like(r))
+        w = torch.where(vc, 1.0 - c, torch.zeros_like(c))
+        Gw.baddbmm_(Xc * w.unsqueeze(1), Xc.transpose(1, 2))
+        U = Mt.gather(2, ic.unsqueeze(1).expand(T, K, -1)).to(dtype) * (c.sqrt() / r).unsqueeze(1)
+        Z = bufs[0, : T * s * a].view(T, s, a)  # rows x_i ⊙ √c v̂_k of the slots (i, k)
+        if slots is None:  # every coordinate, in the (n, K) row-major order
+            torch.mul(Xc.unsqueeze(2), U.unsqueeze(1), out=Z.view(T, n, K, a))
+        else:
+            Zu = bufs[1, : T * s * a].view(T, s, a)
+            for t in range(T):  # row gathers (index_select copies whole rows)
+                torch.index_select(Xc[t], 0, i_s[t], out=Z[t])
+                torch.index_select(U[t], 0, k_s[t], out=Zu[t])
+            Z.mul_(Zu)
+        H.baddbmm_(Z, Z.transpose(1, 2))  # Σ_j c_j (x_j ⊗ v̂_j)(x_j ⊗ v̂_j)ᵀ
+    H, Gw = H.double(), Gw.double()
+    Gs = Gw.gather(1, i_s.unsqueeze(-1).expand(T, s, n)).gather(2, i_s.unsqueeze(1).expand(T, s, s))
+    H += Gs * (k_s.unsqueeze(2) == k_s.unsqueeze(1))
     H /= lam2
     H.diagonal(dim1=1, dim2=2).add_(tau)
     return H

@@ -421,26 +421,15 @@ def _svm_structure(
     tau: float,
     face: Tensor | None = None,
 ) -> dict[str, Tensor]:
-    """Active features (padded) and face coordinates (padded; default ``α > 0``) at ``α``."""
+    """Face coordinates (padded; default ``α > 0``) at ``α``, the projection onto their
+    tangent space, and what :func:`_dense_matrix` needs to build the Hessian on them."""
     T, n, K = Y.shape
-    M = X.transpose(1, 2) @ (Y - alpha)
-    r = M.norm(dim=-1)
-    lam = lam1.reshape(T, 1)
-    fidx, fvalid = _padded_index(r > lam)
-    Xa = X.gather(2, fidx.unsqueeze(1).expand(T, n, -1)) * fvalid.unsqueeze(1)  # (T, n, a)
-    ra = r.gather(1, fidx).clamp_min(torch.finfo(X.dtype).tiny)
-    c = torch.where(fvalid, lam / ra, torch.zeros_like(ra))  # (T, a)
-    w = torch.where(fvalid, 1.0 - c, torch.zeros_like(c))
-    Vh = M.gather(1, fidx.unsqueeze(-1).expand(T, -1, K)) / ra.unsqueeze(-1)  # (T, a, K)
-    G = (Xa * w.unsqueeze(1)) @ Xa.transpose(1, 2)  # (T, n, n)
     if face is None:
         face = _face(alpha, X, Y, lam1, lam2, tau)
     sidx, svalid = _padded_index(face.reshape(T, n * K))
     i_s, k_s = sidx // K, sidx % K
     s = sidx.shape[1]
     eye = torch.eye(s, dtype=torch.float64, device=X.device).expand(T, s, s)
-    Gs = G.gather(1, i_s.unsqueeze(-1).expand(T, s, n)).gather(2, i_s.unsqueeze(1).expand(T, s, s))
-    H0 = (Gs * (k_s.unsqueeze(2) == k_s.unsqueeze(1))).double() / lam2 + tau * eye
     pair = svalid.unsqueeze(2) & svalid.unsqueeze(1)
     same_i = (i_s.unsqueeze(2) == i_s.unsqueeze(1)) & pair
     size = same_i.sum(-1, keepdim=True).clamp_min(1).double()
@@ -451,16 +440,16 @@ def _svm_structure(
     return {
         "E": E,
         "inv": inv,
-        "Xa": Xa,
-        "c": c,
-        "Vh": Vh,
-        "H0": H0,
         "Pm": Pm,
         "eye": eye,
         "sidx": sidx,
         "svalid": svalid,
         "i_s": i_s,
         "k_s": k_s,
+        "X": X,
+        "Mt": (Y - alpha).to(X.dtype).transpose(1, 2) @ X,  # (T, K, p): the fast layout
+        "lam1": lam1,
+        "tau": torch.tensor(tau),
     }
 
 
@@ -480,13 +469,15 @@ def svm_dual_system(
 
 
 def _dense_matrix(st: dict[str, Tensor], lam2: float) -> Tensor:
-    """``P H P + (I − P)`` formed explicitly (cost s²·a per task)."""
-    Xa, Vh, c, i_s, k_s = st["Xa"], st["Vh"], st["c"], st["i_s"], st["k_s"]
-    T, s = i_s.shape
-    Xr = Xa.gather(1, i_s.unsqueeze(-1).expand(T, s, Xa.shape[2]))  # (T, s, a)
-    Vr = Vh.transpose(1, 2).gather(1, k_s.unsqueeze(-1).expand(T, s, Vh.shape[1]))
-    Z = Xr * Vr * c.sqrt().unsqueeze(1)
-    H = st["H0"] + (Z @ Z.transpose(1, 2)).double() / lam2
+    """``P H P + (I − P)`` formed explicitly (cost s²·a per task, in feature chunks)."""
+    from metasparse.solvers.group_sparse_svm import _dual_hessian, _Rows, column_norms
+
+    X, Mt = st["X"], st["Mt"]
+    slots = (st["i_s"], st["k_s"])
+    tau = float(st["tau"])
+    H = _dual_hessian(
+        _Rows(X), Mt, column_norms(Mt), st["lam1"], lam2, tau, slots=slots, dtype=X.dtype
+    )
     return _project_matrix(st, H)
 
 

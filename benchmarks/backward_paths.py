@@ -1,0 +1,109 @@
+"""Time and peak memory of the group-sparse SVM head's two implicit backwards (CG and dense).
+
+The CG backward (matrix-free, τ > 0) is the default; the dense one (the KKT matrix on the
+active faces, formed explicitly) is what ``τ = 0`` always uses, since its system may be
+singular there. Each configuration runs in a fresh process, so that its peak resident memory
+(``ru_maxrss``) is its own; times are the median of ``--repeats`` forward + backward calls
+after one warm-up call, on the 8-episode 5-way problems of ``head_speed.py``.
+
+    python benchmarks/backward_paths.py                       # 15-shot, p = 2560 and 16000
+    python benchmarks/backward_paths.py --shots 5 --dims 1600
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+
+import torch
+
+warnings.filterwarnings("ignore", "group-sparse SVM: some episodes", RuntimeWarning)
+
+CASES = [  # (label, tau, backward)
+    ("τ = 1e-3, CG (default)", 1e-3, "auto"),
+    ("τ = 1e-3, dense", 1e-3, "dense"),
+    ("τ = 0, dense (always)", 0.0, "auto"),
+]
+
+
+def _child(shot: int, p: int, ratio: float, tau: float, backward: str, dtype: str, reps: int):
+    """One configuration in this process: times (ms) and the peak RSS growth (MB)."""
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from head_speed import LAM2, _episodes
+
+    from metasparse.solvers import solve_group_sparse_svm
+
+    torch.set_num_threads(1)
+    support, query, labels = _episodes(8, 5, shot, p, 30, "cpu", 0)
+    support, query = support.to(getattr(torch, dtype)), query.to(getattr(torch, dtype))
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fwd, bwd = [], []
+    for _ in range(reps + 1):
+        s, q = support.detach().requires_grad_(True), query.detach().requires_grad_(True)
+        t0 = time.perf_counter()
+        res = solve_group_sparse_svm(
+            s, labels, 5, lam_ratio=ratio, lam2=LAM2, tau=tau, tol=1e-5, backward=backward
+        )
+        loss = (q @ res.weights.transpose(1, 2)).square().sum()
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
+        fwd.append(1e3 * (t1 - t0))
+        bwd.append(1e3 * (t2 - t1))
+    peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+    return {
+        "fwd_ms": statistics.median(fwd[1:]),
+        "bwd_ms": statistics.median(bwd[1:]),
+        "peak_mb": peak,
+        "gap": float(res.gap.max()),
+    }
+
+
+def main() -> None:
+    """Run every configuration in a subprocess and print a markdown table."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shots", type=int, nargs="+", default=[15])
+    ap.add_argument("--dims", type=int, nargs="+", default=[2560, 16000])
+    ap.add_argument("--ratio", type=float, default=0.1)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(_child(**json.loads(args.child))))
+        return
+    print(
+        f"8 episodes, 5-way, λ1/λ_max = {args.ratio:g}, {args.dtype}, one thread; median of "
+        f"{args.repeats} after a warm-up; peak = growth of the process's peak RSS"
+    )
+    print("\n| shot | p | backward | fwd ms | bwd ms | peak MB | max rel. gap |")
+    print("|---:|---:|---|---:|---:|---:|---:|")
+    for shot in args.shots:
+        for p in args.dims:
+            for label, tau, backward in CASES:
+                spec = {
+                    "shot": shot, "p": p, "ratio": args.ratio, "tau": tau,
+                    "backward": backward, "dtype": args.dtype, "reps": args.repeats,
+                }  # fmt: skip
+                out = subprocess.run(
+                    [sys.executable, __file__, "--child", json.dumps(spec)],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                )
+                r = json.loads(out.stdout.strip().splitlines()[-1])
+                print(
+                    f"| {shot} | {p} | {label} | {r['fwd_ms']:.0f} | {r['bwd_ms']:.0f} | "
+                    f"{r['peak_mb']:.0f} | {r['gap']:.1e} |",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()
