@@ -52,6 +52,15 @@ def _ours(support, query, labels, way: int, ratio: float, **opts):
     return res
 
 
+def _info(res) -> dict:
+    """The row fields of one solve of our head."""
+    return {
+        "gap": float(res.gap.max()),
+        "used": float(res.features_used.mean()),
+        "iters": float(res.iterations.double().mean()),
+    }
+
+
 def _rounds(round_ms: float, repeats: int, min_seconds: float) -> int:
     """Repeats for a round of ``round_ms``: at least ``repeats``, more for short rounds so that
     the medians rest on at least ``min_seconds`` of timing (at most 25)."""
@@ -97,17 +106,16 @@ def run(args: argparse.Namespace) -> list[dict]:
                     else:
                         max_iter = int(method.split()[1]) if " it" in method else 5000
                         # our head uses no batched LU, so it may use more threads than qpth
+                        if args.threads == 0:  # PyTorch's default for every method
+                            res = _ours(s, q, labels, args.way, ratio, max_iter=max_iter)
+                            return _info(res)
                         threads = args.ours_threads if method.endswith("threads") else args.threads
                         torch.set_num_threads(threads)
                         try:
                             res = _ours(s, q, labels, args.way, ratio, max_iter=max_iter)
                         finally:
                             torch.set_num_threads(args.threads)
-                        return {
-                            "gap": float(res.gap.max()),
-                            "used": float(res.features_used.mean()),
-                            "iters": float(res.iterations.double().mean()),
-                        }
+                        return _info(res)
                     logits.square().sum().backward()
                     return info
 
@@ -265,7 +273,9 @@ def main() -> None:
         "--threads",
         type=int,
         default=1,
-        help="CPU threads (keep 1: qpth's batched LU breaks with more)",
+        help="CPU threads for every method (qpth's batched LU breaks after "
+        "torch.set_num_threads(n > 1)); 0: never call set_num_threads, so every method, qpth "
+        "included, uses PyTorch's default (all cores)",
     )
     ap.add_argument(
         "--ours-threads",
@@ -281,7 +291,13 @@ def main() -> None:
         help="compare solver variants of the group-sparse head instead",
     )
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    if args.threads < 0 or (args.threads == 0 and args.ours_threads):
+        raise ValueError(
+            "--threads must be >= 0, and --threads 0 (PyTorch's default for every method) "
+            "cannot be combined with --ours-threads: setting a thread count would break qpth"
+        )
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda requested but CUDA is not available; use --device cpu")
     if args.compare:

@@ -46,3 +46,22 @@ def test_head_speed_runs_every_method_on_a_tiny_grid(tmp_path, monkeypatch, caps
     table = out.read_text()
     assert table.count("\n| 2 | 48 |") == len(rows)
     assert table in capsys.readouterr().out
+
+
+def test_head_speed_default_threads_mode(monkeypatch, capsys):
+    # --threads 0 never sets a thread count (so qpth may use every core); it refuses
+    # --ours-threads, which would set one
+    mod = _load()
+    argv = "--shots 1 --dims 24 --ratios 0.1 --tasks 1 --way 2 --repeats 1 --min-seconds 0"
+    monkeypatch.setattr(sys, "argv", ["head_speed.py", *argv.split(), "--threads", "0"])
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    mod.main()
+    assert calls == [] and "| 1 | 24 |" in capsys.readouterr().out
+    monkeypatch.setattr(sys, "argv", ["head_speed.py", "--threads", "0", "--ours-threads", "2"])
+    try:
+        mod.main()
+    except ValueError as exc:
+        assert "--ours-threads" in str(exc)
+    else:
+        raise AssertionError("--threads 0 with --ours-threads must be refused")
