@@ -420,7 +420,7 @@ def _svm_structure(
     lam2: float,
     tau: float,
     face: Tensor | None = None,
-) -> dict[str, Tensor]:
+) -> dict[str, Any]:
     """Face coordinates (padded; default ``α > 0``) at ``α``, the projection onto their
     tangent space, and what :func:`_dense_matrix` needs to build the Hessian on them."""
     T, n, K = Y.shape
@@ -449,7 +449,7 @@ def _svm_structure(
         "X": X,
         "Mt": (Y - alpha).to(X.dtype).transpose(1, 2) @ X,  # (T, K, p): the fast layout
         "lam1": lam1,
-        "tau": torch.tensor(tau),
+        "tau": float(tau),
     }
 
 
@@ -468,20 +468,19 @@ def svm_dual_system(
     return _dense_matrix(st, lam2), st["sidx"], st["svalid"]
 
 
-def _dense_matrix(st: dict[str, Tensor], lam2: float) -> Tensor:
+def _dense_matrix(st: dict[str, Any], lam2: float) -> Tensor:
     """``P H P + (I − P)`` formed explicitly (cost s²·a per task, in feature chunks)."""
     from metasparse.solvers.group_sparse_svm import _dual_hessian, _Rows, column_norms
 
     X, Mt = st["X"], st["Mt"]
     slots = (st["i_s"], st["k_s"])
-    tau = float(st["tau"])
     H = _dual_hessian(
-        _Rows(X), Mt, column_norms(Mt), st["lam1"], lam2, tau, slots=slots, dtype=X.dtype
+        _Rows(X), Mt, column_norms(Mt), st["lam1"], lam2, st["tau"], slots=slots, dtype=X.dtype
     )
     return _project_matrix(st, H)
 
 
-def _project_matrix(st: dict[str, Tensor], H: Tensor) -> Tensor:
+def _project_matrix(st: dict[str, Any], H: Tensor) -> Tensor:
     """``P H P + (I − P)`` using the example-membership matrix (s²·n instead of s³ per task)."""
     E, inv, Pm = st["E"], st["inv"], st["Pm"]
     R = H - E @ (inv.unsqueeze(-1) * (E.transpose(1, 2) @ H))
