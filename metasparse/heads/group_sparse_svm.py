@@ -31,7 +31,10 @@ class GroupSparseSVMHead(Head):
 
     Args:
         lam_ratio: ``λ1/λ_max`` per episode, in ``[0, 1]`` (1 gives ``W = 0``).
-        lam2: ridge ``λ2 > 0``. tau: hinge smoothing ``τ ≥ 0`` (default ``1/lam2``).
+        lam2: ridge ``λ2 > 0``. tau: hinge smoothing ``τ ≥ 0`` (default ``1/lam2``). ``τ = 0``
+            (the plain hinge) always takes the dense backward, whose cost grows as
+            (face size)² × active features: at 5-way 15-shot, p = 16000 about five times the
+            default CG backward (benchmarks/backward_paths.py); prefer ``τ > 0`` for large p.
         tol: target relative duality gap. max_iter: solver iteration cap.
         backward: implicit-system solve, ``"auto"``, ``"dense"`` or ``"cg"``.
         learn_scale, init_scale: learnable logit scale (MetaOptNet style).
