@@ -386,6 +386,7 @@ def test_solver_hands_its_m_and_gram_to_the_backward(lam_ratio, monkeypatch):
         return out
 
     monkeypatch.setattr(imp, "_gram_from_forward", spy)
+    monkeypatch.setattr(imp, "DIRECT_FACE", 0)  # the CG path (0.6 would take the direct one)
     from metasparse.solvers import svm_weights
     from metasparse.solvers.group_sparse_svm import _onehot
 
@@ -445,6 +446,38 @@ def test_cg_backward_says_when_it_stops_short():
     with pytest.warns(RuntimeWarning, match="CG stopped after 1 steps"):
         short = _svm_backward_cg(alpha, X, Y, res.lam1, 0.5, 0.05, ga, maxiter=1)
     assert not torch.allclose(full, short)
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-8), (torch.float32, 1e-4)])
+def test_direct_face_solve_matches_cg(monkeypatch, dtype, rtol):
+    # sparse solutions with small faces take one dense solve instead of CG: same gradient
+    import metasparse.solvers.implicit as implicit
+
+    X, labels = _episode(seed=27, T=3, n=10, p=600, K=5, dtype=dtype)
+    X = torch.relu(X)
+    calls = []
+    direct = implicit._direct_face_solve
+
+    def counted(*args):
+        calls.append(1)
+        return direct(*args)
+
+    monkeypatch.setattr(implicit, "_direct_face_solve", counted)
+    tol = 1e-10 if dtype == torch.float64 else 1e-6
+
+    def grad(limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+        monkeypatch.setattr(implicit, "DIRECT_FACE", limit)
+        S = X.clone().requires_grad_(True)
+        res = solve_group_sparse_svm(S, labels, 5, lam_ratio=0.6, lam2=10.0, tau=0.1, tol=tol)
+        torch.manual_seed(0)
+        (res.weights * torch.randn_like(res.weights)).sum().backward()
+        return S.grad, res.features_used
+
+    g_cg, used = grad(0)
+    assert calls == [] and float(used.max()) <= implicit.DIRECT_ACTIVE  # sparse: eligible
+    g_direct, _ = grad(10**6)
+    assert calls == [1]
+    torch.testing.assert_close(g_direct, g_cg, rtol=rtol, atol=rtol * float(g_cg.abs().max()))
 
 
 def _badly_conditioned():

@@ -46,6 +46,15 @@ _SOLVES = ("dense", "cg", "gmres")
 # (7e-5 to 5e-2, measured on the 15-shot benchmark problems); float64 stays tight for
 # derivative checks.
 CG_TOL = {torch.float64: 1e-11, torch.float32: 1e-5}
+# Sparse solutions (at most DIRECT_ACTIVE of the features active) with faces of at most
+# DIRECT_FACE coordinates (max over the batch) are solved directly, by one dense s × s system
+# built in feature chunks, instead of by CG, whose step count grows with sparsity. Backward
+# time direct / CG, 8 episodes of 5-way (benchmarks/head_speed.md, item 9): at λ1/λ_max = 0.5
+# (6-21% of features active) 0.70 / 0.84 (1-shot, p = 2560 / 16000) and 0.89-0.90 (5-shot,
+# p = 1600 / 2560 / 16000), but 1.6 at 15-shot p = 2560 (s up to 375); with 55-100% of the
+# features active it loses (0.97-3.5).
+DIRECT_FACE = 128
+DIRECT_ACTIVE = 0.25
 
 
 # --------------------------------------------------------------------------------------------
@@ -420,9 +429,11 @@ def _svm_structure(
     lam2: float,
     tau: float,
     face: Tensor | None = None,
+    Mt: Tensor | None = None,
 ) -> dict[str, Any]:
     """Face coordinates (padded; default ``α > 0``) at ``α``, the projection onto their
-    tangent space, and what :func:`_dense_matrix` needs to build the Hessian on them."""
+    tangent space, and what :func:`_dense_matrix` needs to build the Hessian on them
+    (``Mt = (Y − α)ᵀX``, (T, K, p), when the caller has it)."""
     T, n, K = Y.shape
     if face is None:
         face = _face(alpha, X, Y, lam1, lam2, tau)
@@ -447,7 +458,7 @@ def _svm_structure(
         "i_s": i_s,
         "k_s": k_s,
         "X": X,
-        "Mt": (Y - alpha).to(X.dtype).transpose(1, 2) @ X,  # (T, K, p): the fast layout
+        "Mt": (Y - alpha).to(X.dtype).transpose(1, 2) @ X if Mt is None else Mt,  # (T, K, p)
         "lam1": lam1,
         "tau": float(tau),
     }
@@ -525,6 +536,27 @@ def _gram_from_forward(
     return G + _weighted_gram(Xe, e.gather(1, idx) * valid).double()
 
 
+def _direct_face_solve(
+    alpha: Tensor,
+    X: Tensor,
+    Y: Tensor,
+    lam1: Tensor,
+    lam2: float,
+    tau: float,
+    face: Tensor,
+    Mt: Tensor,
+    b: Tensor,
+) -> Tensor:
+    """``x`` (T, n, K) with ``(P H P + I − P) x = b`` by one dense solve on the face
+    coordinates (``b`` already projected: zero off the face), the system CG solves otherwise."""
+    T, n, K = Y.shape
+    st = _svm_structure(alpha, X, Y, lam1, lam2, tau, face=face.bool(), Mt=Mt)
+    sidx, svalid = st["sidx"], st["svalid"]
+    u_s = _spd_solve(_dense_matrix(st, lam2), b.reshape(T, n * K).gather(1, sidx) * svalid)
+    x = torch.zeros(T, n * K, dtype=b.dtype, device=b.device)
+    return x.scatter_add_(1, sidx, u_s * svalid).reshape(T, n, K)
+
+
 def _svm_backward_cg(
     alpha: Tensor,
     X: Tensor,
@@ -574,10 +606,7 @@ def _svm_backward_cg(
     # at 0.1 / p = 2560
     omega = act.to(dt)
     gathered = n_act <= 0.6 * p_full
-    Gw = None
-    if gram is not None:
-        # the update gathers its features: worth it below about half of the direct product's
-        Gw = _gram_from_forward(X, omega, gram, (n_act if gathered else p_full) // 2)
+    X_all, omega_all = X, omega  # for the preconditioner's Gram (from the forward's)
     idx = None
     if gathered:  # sparse solution: work on active features only
         idx, valid = _padded_index(act)  # padding slots point at distinct inactive features
@@ -615,62 +644,71 @@ def _svm_backward_cg(
         pv = proj(v)
         return proj(hess(pv)) + v - pv
 
-    # Preconditioner: the exact inverse of P (G_w/λ2 ⊗ I + τ I) P on the faces. Without the
-    # coupling between classes, H0 restricted to the free coordinates is block-diagonal over
-    # classes (one n×n block per class, masked); the per-example sum constraints are imposed
-    # through an n×n Schur complement. Cost: K + 1 small Cholesky factorisations per task.
-    if Gw is None:
-        Gw = _weighted_gram(X, omega)
-    Gw = Gw.to(f64) / lam2  # (T, n, n)
-    mk = m.transpose(1, 2)  # (T, K, n)
-    Hk = Gw.unsqueeze(1) * (mk.unsqueeze(-1) * mk.unsqueeze(-2))
-    Hk = Hk + torch.diag_embed(tau * mk + (1.0 - mk))
-    Lk, info = torch.linalg.cholesky_ex(Hk)
-    if bool((info > 0).any()):  # round-off made a block indefinite (τ ≈ 0): a tiny jitter
-        jit = 1e-10 * Hk.diagonal(dim1=-2, dim2=-1).amax(-1) + 1e-300
-        Lk, _ = torch.linalg.cholesky_ex(Hk + torch.diag_embed(jit.unsqueeze(-1).expand_as(mk)))
-    Hinv = torch.cholesky_inverse(Lk) * (mk.unsqueeze(-1) * mk.unsqueeze(-2))  # (T, K, n, n)
-    Lc, _ = torch.linalg.cholesky_ex(Hinv.sum(1))  # every example has a free class: SPD
-
-    def precond(v: Tensor) -> Tensor:
-        vk = v.transpose(1, 2).unsqueeze(-1)  # (T, K, n, 1)
-        mu = torch.cholesky_solve((Hinv @ vk).sum(1), Lc)  # multipliers of Σ_k z_ik = 0
-        return (Hinv @ (vk - mu.unsqueeze(1))).squeeze(-1).transpose(1, 2)
-
     if grad_alpha is None:
         grad_alpha = torch.zeros_like(alpha, dtype=f64)
     if Mbar is not None:
         grad_alpha = grad_alpha.to(f64) - XB[..., K:].to(f64)
     b = proj(grad_alpha.to(f64))
-    tol = CG_TOL.get(dt, 1e-6)
-    # x₀ = 0: the first CG step then takes the best multiple of precond(b), at no pass over X
-    # (x₀ = precond(b) would cost a Hessian product for a worse start)
-    x = torch.zeros_like(b)
-    r = b
-    z = precond(r)
-    p = z
-    rz = (r * z).sum((1, 2))
-    bn = b.flatten(1).norm(dim=-1).clamp_min(1e-300)
-    for _ in range(maxiter):
-        if bool((r.flatten(1).norm(dim=-1) <= tol * bn).all()):
-            break
-        Ap = matvec(p)
-        step = (rz / (p * Ap).sum((1, 2)).clamp_min(1e-300)).reshape(T, 1, 1)
-        x = x + step * p
-        r = r - step * Ap
-        z = precond(r)
-        rz_new = (r * z).sum((1, 2))
-        p = z + (rz_new / rz.clamp_min(1e-300)).reshape(T, 1, 1) * p
-        rz = rz_new
+    if n_act <= DIRECT_ACTIVE * p_full and int(m.sum((1, 2)).max()) <= DIRECT_FACE:
+        # sparse solution, small face: one dense solve costs less than the CG steps and their
+        # preconditioner (see DIRECT_FACE)
+        x = _direct_face_solve(alpha, X, Y, lam1, lam2, tau, m, Mt, b)
     else:
-        res = float((r.flatten(1).norm(dim=-1) / bn).max())
-        warnings.warn(
-            f"group-sparse SVM backward: CG stopped after {maxiter} steps at relative residual "
-            f"{res:.1e} > {tol:.0e}; the gradient is approximate (tau = {tau:g} near 0 makes "
-            "the implicit system ill-conditioned: raise tau)",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+        # Preconditioner: the exact inverse of P (G_w/λ2 ⊗ I + τ I) P on the faces. Without the
+        # coupling between classes, H0 restricted to the free coordinates is block-diagonal over
+        # classes (one n×n block per class, masked); the per-example sum constraints are imposed
+        # through an n×n Schur complement. Cost: K + 1 small Cholesky factorisations per task.
+        Gw = None
+        if gram is not None:
+            # the update gathers its features: worth it below about half of the direct product's
+            Gw = _gram_from_forward(X_all, omega_all, gram, (n_act if gathered else p_full) // 2)
+        if Gw is None:
+            Gw = _weighted_gram(X, omega)
+        Gw = Gw.to(f64) / lam2  # (T, n, n)
+        mk = m.transpose(1, 2)  # (T, K, n)
+        Hk = Gw.unsqueeze(1) * (mk.unsqueeze(-1) * mk.unsqueeze(-2))
+        Hk = Hk + torch.diag_embed(tau * mk + (1.0 - mk))
+        Lk, info = torch.linalg.cholesky_ex(Hk)
+        if bool((info > 0).any()):  # round-off made a block indefinite (τ ≈ 0): a tiny jitter
+            jit = 1e-10 * Hk.diagonal(dim1=-2, dim2=-1).amax(-1) + 1e-300
+            Lk, _ = torch.linalg.cholesky_ex(Hk + torch.diag_embed(jit.unsqueeze(-1).expand_as(mk)))
+        Hinv = torch.cholesky_inverse(Lk) * (mk.unsqueeze(-1) * mk.unsqueeze(-2))  # (T, K, n, n)
+        Lc, _ = torch.linalg.cholesky_ex(Hinv.sum(1))  # every example has a free class: SPD
+
+        def precond(v: Tensor) -> Tensor:
+            vk = v.transpose(1, 2).unsqueeze(-1)  # (T, K, n, 1)
+            mu = torch.cholesky_solve((Hinv @ vk).sum(1), Lc)  # multipliers of Σ_k z_ik = 0
+            return (Hinv @ (vk - mu.unsqueeze(1))).squeeze(-1).transpose(1, 2)
+
+        tol = CG_TOL.get(dt, 1e-6)
+        # x₀ = 0: the first CG step then takes the best multiple of precond(b), at no pass over X
+        # (x₀ = precond(b) would cost a Hessian product for a worse start)
+        x = torch.zeros_like(b)
+        r = b
+        z = precond(r)
+        p = z
+        rz = (r * z).sum((1, 2))
+        bn = b.flatten(1).norm(dim=-1).clamp_min(1e-300)
+        for _ in range(maxiter):
+            if bool((r.flatten(1).norm(dim=-1) <= tol * bn).all()):
+                break
+            Ap = matvec(p)
+            step = (rz / (p * Ap).sum((1, 2)).clamp_min(1e-300)).reshape(T, 1, 1)
+            x = x + step * p
+            r = r - step * Ap
+            z = precond(r)
+            rz_new = (r * z).sum((1, 2))
+            p = z + (rz_new / rz.clamp_min(1e-300)).reshape(T, 1, 1) * p
+            rz = rz_new
+        else:
+            res = float((r.flatten(1).norm(dim=-1) / bn).max())
+            warnings.warn(
+                f"group-sparse SVM backward: CG stopped after {maxiter} steps at relative residual "
+                f"{res:.1e} > {tol:.0e}; the gradient is approximate (tau = {tau:g} near 0 makes "
+                "the implicit system ill-conditioned: raise tau)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
     u = proj(x).to(dt) / lam2
     JQ = jac(u.transpose(1, 2) @ X)  # J[Xᵀu]/λ2
     if Mbar is not None:
