@@ -1,13 +1,14 @@
-"""Time and peak memory of the group-sparse SVM head's two implicit backwards (CG and dense).
+"""Time and peak memory of the group-sparse SVM head's implicit backwards (CG and dense).
 
-The CG backward (matrix-free, τ > 0) is the default; the dense one (the KKT matrix on the
-active faces, formed explicitly) is what ``τ = 0`` always uses, since its system may be
-singular there. Each configuration runs in a fresh process, so that its peak resident memory
-(``ru_maxrss``) is its own; times are the median of ``--repeats`` forward + backward calls
-after one warm-up call, on the 8-episode 5-way problems of ``head_speed.py``.
+The CG backward (matrix-free, τ > 0) is the default, except for sparse solutions with small
+faces, which take one dense solve on the face ("CG only" turns that off); the dense one (the
+KKT matrix on the active faces, formed explicitly) is what ``τ = 0`` always uses, since its
+system may be singular there. Each configuration runs in a fresh process, so that its peak
+resident memory (``ru_maxrss``) is its own; times are the median of ``--repeats`` forward +
+backward calls after one warm-up call, on the 8-episode 5-way problems of ``head_speed.py``.
 
     python benchmarks/backward_paths.py                       # 15-shot, p = 2560 and 16000
-    python benchmarks/backward_paths.py --shots 5 --dims 1600
+    python benchmarks/backward_paths.py --shots 1 5 --ratio 0.5   # the direct face solve
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import torch
 warnings.filterwarnings("ignore", "group-sparse SVM: some episodes", RuntimeWarning)
 
 CASES = [  # (label, tau, backward)
-    ("τ = 1e-3, CG (default)", 1e-3, "auto"),
+    ("τ = 1e-3, default (CG, or direct on small faces)", 1e-3, "auto"),
+    ("τ = 1e-3, CG only", 1e-3, "cg-only"),
     ("τ = 1e-3, dense", 1e-3, "dense"),
     ("τ = 0, dense (always)", 0.0, "auto"),
 ]
@@ -37,8 +39,11 @@ def _child(shot: int, p: int, ratio: float, tau: float, backward: str, dtype: st
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
     from head_speed import LAM2, _episodes
 
+    import metasparse.solvers.implicit as implicit
     from metasparse.solvers import solve_group_sparse_svm
 
+    if backward == "cg-only":  # never the direct solve on small faces
+        implicit.DIRECT_FACE, backward = 0, "auto"
     torch.set_num_threads(1)
     support, query, labels = _episodes(8, 5, shot, p, 30, "cpu", 0)
     support, query = support.to(getattr(torch, dtype)), query.to(getattr(torch, dtype))
