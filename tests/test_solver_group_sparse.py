@@ -518,22 +518,27 @@ def test_without_the_polish_badly_conditioned_episodes_stall():
     assert int(on.iterations[0]) == int(off.iterations[0]) < 100  # the easy one: no polish
 
 
+def _hessian_point(seed: int):
+    """A small 3-way episode, λ1 = 0.3 λ_max, and a random dual point with its (Y − α)ᵀX."""
+    from metasparse.solvers.group_sparse_svm import _lambda_max, project_simplex
+
+    X, labels = _episode(seed=seed, T=2, n=6, p=10, K=3)
+    Y = torch.eye(3, dtype=X.dtype)[labels]
+    lam1 = 0.3 * _lambda_max(X, Y, 0.1)
+    g = torch.Generator().manual_seed(seed)
+    a = project_simplex(3 * torch.rand(2, 6, 3, generator=g, dtype=X.dtype))
+    return X, Y, lam1, a, (Y - a).transpose(1, 2) @ X
+
+
 def test_dual_hessian_matches_autograd():
     from metasparse.solvers.group_sparse_svm import (
         _dual_hessian,
-        _lambda_max,
         _Rows,
         column_norms,
         dual_gradient,
-        project_simplex,
     )
 
-    X, labels = _episode(seed=31, T=2, n=6, p=10, K=3)
-    Y = torch.eye(3, dtype=X.dtype)[labels]
-    lam1 = 0.3 * _lambda_max(X, Y, 0.1)
-    g = torch.Generator().manual_seed(0)
-    a = project_simplex(3 * torch.rand(2, 6, 3, generator=g, dtype=X.dtype))
-    Mt = (Y - a).transpose(1, 2) @ X
+    X, Y, lam1, a, Mt = _hessian_point(31)
     H = _dual_hessian(_Rows(X), Mt, column_norms(Mt), lam1, 10.0, 0.1, chunk=3)
     J = torch.autograd.functional.jacobian(lambda z: dual_gradient(z, X, Y, lam1, 10.0, 0.1), a)
     ref = torch.stack([J[t, :, :, t].reshape(18, 18) for t in range(2)])
@@ -545,20 +550,10 @@ def test_dual_hessian_matches_autograd():
 def test_dual_hessian_on_slots_is_the_full_hessians_submatrix():
     # the dense backward builds ∇²D only on the face coordinates, in feature chunks and in X's
     # dtype: the same numbers as the full float64 Hessian's rows and columns of those slots
-    from metasparse.solvers.group_sparse_svm import (
-        _dual_hessian,
-        _lambda_max,
-        _Rows,
-        column_norms,
-        project_simplex,
-    )
+    from metasparse.solvers.group_sparse_svm import _dual_hessian, _Rows, column_norms
 
-    X, labels = _episode(seed=32, T=2, n=6, p=10, K=3)
-    Y = torch.eye(3, dtype=X.dtype)[labels]
-    lam1 = 0.3 * _lambda_max(X, Y, 0.1)
+    X, _, lam1, _, Mt = _hessian_point(32)
     g = torch.Generator().manual_seed(1)
-    a = project_simplex(3 * torch.rand(2, 6, 3, generator=g, dtype=X.dtype))
-    Mt = (Y - a).transpose(1, 2) @ X
     full = _dual_hessian(_Rows(X), Mt, column_norms(Mt), lam1, 10.0, 0.1)
     sidx = torch.stack([torch.randperm(18, generator=g)[:7] for _ in range(2)])
     ref = full.gather(1, sidx.unsqueeze(-1).expand(2, 7, 18))
