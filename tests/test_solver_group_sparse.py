@@ -121,13 +121,20 @@ def test_features_used_decreases_with_lam_ratio():
     assert used[0] > used[-2] and used[-1] == 0.0
 
 
-@pytest.mark.parametrize("backward", ["dense", "cg", "generic"])
-def test_gradient_matches_finite_differences(backward):
+@pytest.mark.parametrize("backward", ["dense", "cg", "direct", "generic"])
+def test_gradient_matches_finite_differences(backward, monkeypatch):
+    import metasparse.solvers.implicit as implicit
+
     X, labels = _episode(seed=6, T=2, n=8, p=6)
     lam1 = torch.tensor([0.4, 0.6], dtype=torch.float64)
     kw = dict(lam1=lam1, lam2=0.5, tau=0.3, tol=1e-14, max_iter=100000)
     Xg = X.clone().requires_grad_(True)
-    res = solve_group_sparse_svm(Xg, labels, 3, backward=backward, **kw)
+    ran = []
+    if backward == "direct":  # the CG backward's direct solve on the face, forced
+        direct = implicit._direct_face_solve
+        monkeypatch.setattr(implicit, "DIRECT_ACTIVE", 1.0)
+        monkeypatch.setattr(implicit, "_direct_face_solve", lambda *a: ran.append(1) or direct(*a))
+    res = solve_group_sparse_svm(Xg, labels, 3, backward=backward.replace("direct", "cg"), **kw)
     C = torch.randn_like(res.weights)
     (g,) = torch.autograd.grad((res.weights * C).sum(), Xg)
     D = torch.randn_like(X)
@@ -139,6 +146,7 @@ def test_gradient_matches_finite_differences(backward):
         fm = (solve_group_sparse_svm(X - eps * D, labels, 3, **kw).weights * C).sum()
     fd = float((fp - fm) / (2 * eps))
     assert abs(float((g * D).sum()) - fd) <= 1e-5 * max(1.0, abs(fd))
+    assert bool(ran) == (backward == "direct")
 
 
 @pytest.mark.parametrize("lam_ratio", [0.1, 0.4, 0.7])
