@@ -20,13 +20,13 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
 from metasparse.heads.svm_cs import SVMCSHead
 from metasparse.solvers import lambda_max, solve_group_sparse_svm
 from metasparse.solvers.pgd_baseline import pgd_group_sparse_svm
+from metasparse.utils import atomic_write_bytes
 
 # the iteration-capped rows are uncertified on purpose
 warnings.filterwarnings("ignore", "group-sparse SVM: some episodes", RuntimeWarning)
@@ -105,17 +105,16 @@ def run(args: argparse.Namespace) -> list[dict]:
                         info = {"gap": float(gap.max()), "used": used, "iters": 5}
                     else:
                         max_iter = int(method.split()[1]) if " it" in method else 5000
-                        # our head uses no batched LU, so it may use more threads than qpth
-                        if args.threads == 0:  # PyTorch's default for every method
-                            res = _ours(s, q, labels, args.way, ratio, max_iter=max_iter)
-                            return _info(res)
+                        # our head uses no batched LU, so it may use more threads than qpth;
+                        # --threads 0 (PyTorch's default for every method) never sets a count
                         threads = args.ours_threads if method.endswith("threads") else args.threads
-                        torch.set_num_threads(threads)
+                        if threads:
+                            torch.set_num_threads(threads)
                         try:
-                            res = _ours(s, q, labels, args.way, ratio, max_iter=max_iter)
+                            return _info(_ours(s, q, labels, args.way, ratio, max_iter=max_iter))
                         finally:
-                            torch.set_num_threads(args.threads)
-                        return _info(res)
+                            if args.threads:
+                                torch.set_num_threads(args.threads)
                     logits.square().sum().backward()
                     return info
 
@@ -210,11 +209,7 @@ def compare_solvers(args: argparse.Namespace) -> str:
                         s = support.clone().requires_grad_(True)
 
                         def call(s=s, opts=opts, ratio=ratio, labels=labels, query=query) -> dict:
-                            res = _ours(s, query, labels, args.way, ratio, **opts)
-                            return {
-                                "gap": float(res.gap.max()),
-                                "iters": float(res.iterations.double().mean()),
-                            }
+                            return _info(_ours(s, query, labels, args.way, ratio, **opts))
 
                         ms, infos[name] = _timed(call, args.device)
                         if rep > 0:
@@ -312,10 +307,11 @@ def main() -> None:
                 "args": vars(args),
                 "rows": rows,
             }
-            Path(args.json).write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
+            text = json.dumps(meta, indent=1, ensure_ascii=False) + "\n"
+            atomic_write_bytes(args.json, text.encode())
     print(md)
     if args.out:
-        Path(args.out).write_text(md)
+        atomic_write_bytes(args.out, md.encode())
 
 
 if __name__ == "__main__":
