@@ -916,7 +916,7 @@ def _newton_polish(
     used = torch.zeros(T, dtype=torch.long, device=Y.device)
     for _ in range(steps):
         nrm, S = _scores(rows, Mt, lam1, lam2)
-        _, _, gap = _certificate(S, nrm, alpha, Y, lam1, lam2, tau)
+        _, neg_D0, gap = _certificate(S, nrm, alpha, Y, lam1, lam2, tau)
         todo &= gap > tol
         if not bool(todo.any()):
             break
@@ -927,7 +927,7 @@ def _newton_polish(
         t = _ray_minimiser(alpha, delta, Y, M64, dM, lam1, lam2, tau, todo).reshape(T, 1, 1)
         ray = project_simplex(alpha + t * delta)  # feasible up to round-off
         M_ray = (M64 - t * dM).to(dt)
-        D0 = _dual_objective(nrm, alpha, Y, lam1, lam2, tau)
+        D0 = -neg_D0  # the certificate's dual value at α
         D_ray = _dual_objective(column_norms(M_ray).double(), ray, Y, lam1, lam2, tau)
         # the projected arc (several coordinates reach 0 at once), at t = 1, 1/2, 1/4, 1/8
         best, M_best, D_best = ray, M_ray, D_ray
