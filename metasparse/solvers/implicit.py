@@ -159,6 +159,48 @@ def _cg(
     return x, it
 
 
+def _pcg(
+    matvec: Callable[[Tensor], Tensor],
+    precond: Callable[[Tensor], Tensor],
+    b: Tensor,
+    tol: float,
+    maxiter: int,
+    tau: float,
+) -> Tensor:
+    """Preconditioned CG per task on (T, n, K) vectors, to relative residual ``tol``; warns
+    (naming ``tau``) when it has taken ``maxiter`` steps without stopping. Unlike :func:`_cg`
+    it keeps stepping every task until all have converged (the SVM backward's choice)."""
+    T = b.shape[0]
+    # x₀ = 0: the first CG step then takes the best multiple of precond(b), at no pass over X
+    # (x₀ = precond(b) would cost a Hessian product for a worse start)
+    x = torch.zeros_like(b)
+    r = b
+    z = precond(r)
+    p = z
+    rz = (r * z).sum((1, 2))
+    bn = b.flatten(1).norm(dim=-1).clamp_min(1e-300)
+    for _ in range(maxiter):
+        if bool((r.flatten(1).norm(dim=-1) <= tol * bn).all()):
+            return x
+        Ap = matvec(p)
+        step = (rz / (p * Ap).sum((1, 2)).clamp_min(1e-300)).reshape(T, 1, 1)
+        x = x + step * p
+        r = r - step * Ap
+        z = precond(r)
+        rz_new = (r * z).sum((1, 2))
+        p = z + (rz_new / rz.clamp_min(1e-300)).reshape(T, 1, 1) * p
+        rz = rz_new
+    res = float((r.flatten(1).norm(dim=-1) / bn).max())
+    warnings.warn(
+        f"group-sparse SVM backward: CG stopped after {maxiter} steps at relative residual "
+        f"{res:.1e} > {tol:.0e}; the gradient is approximate (tau = {tau:g} near 0 makes "
+        "the implicit system ill-conditioned: raise tau)",
+        RuntimeWarning,
+        stacklevel=3,  # where _svm_backward_cg is called, as before
+    )
+    return x
+
+
 def _gmres(
     matvec: Callable[[Tensor], Tensor], b: Tensor, tol: float, maxiter: int, restart: int
 ) -> tuple[Tensor, int]:
@@ -557,6 +599,33 @@ def _direct_face_solve(
     return x.scatter_add_(1, sidx, u_s * svalid).reshape(T, n, K)
 
 
+def _face_preconditioner(Gw: Tensor, m: Tensor, tau: float) -> Callable[[Tensor], Tensor]:
+    """The exact inverse of ``P (G_w ⊗ I + τ I) P`` on the faces ``m`` (T, n, K), for ``G_w``
+    (T, n, n) already divided by λ2.
+
+    Without the coupling between classes, the matrix restricted to the free coordinates is
+    block-diagonal over classes (one n×n block per class, masked); the per-example sum
+    constraints are imposed through an n×n Schur complement. Cost: K + 1 small Cholesky
+    factorisations per task.
+    """
+    mk = m.transpose(1, 2)  # (T, K, n)
+    Hk = Gw.unsqueeze(1) * (mk.unsqueeze(-1) * mk.unsqueeze(-2))
+    Hk = Hk + torch.diag_embed(tau * mk + (1.0 - mk))
+    Lk, info = torch.linalg.cholesky_ex(Hk)
+    if bool((info > 0).any()):  # round-off made a block indefinite (τ ≈ 0): a tiny jitter
+        jit = 1e-10 * Hk.diagonal(dim1=-2, dim2=-1).amax(-1) + 1e-300
+        Lk, _ = torch.linalg.cholesky_ex(Hk + torch.diag_embed(jit.unsqueeze(-1).expand_as(mk)))
+    Hinv = torch.cholesky_inverse(Lk) * (mk.unsqueeze(-1) * mk.unsqueeze(-2))  # (T, K, n, n)
+    Lc, _ = torch.linalg.cholesky_ex(Hinv.sum(1))  # every example has a free class: SPD
+
+    def precond(v: Tensor) -> Tensor:
+        vk = v.transpose(1, 2).unsqueeze(-1)  # (T, K, n, 1)
+        mu = torch.cholesky_solve((Hinv @ vk).sum(1), Lc)  # multipliers of Σ_k z_ik = 0
+        return (Hinv @ (vk - mu.unsqueeze(1))).squeeze(-1).transpose(1, 2)
+
+    return precond
+
+
 def _svm_backward_cg(
     alpha: Tensor,
     X: Tensor,
@@ -654,61 +723,14 @@ def _svm_backward_cg(
         # preconditioner (see DIRECT_FACE)
         x = _direct_face_solve(alpha, X, Y, lam1, lam2, tau, m, Mt, b)
     else:
-        # Preconditioner: the exact inverse of P (G_w/λ2 ⊗ I + τ I) P on the faces. Without the
-        # coupling between classes, H0 restricted to the free coordinates is block-diagonal over
-        # classes (one n×n block per class, masked); the per-example sum constraints are imposed
-        # through an n×n Schur complement. Cost: K + 1 small Cholesky factorisations per task.
         Gw = None
         if gram is not None:
             # the update gathers its features: worth it below about half of the direct product's
             Gw = _gram_from_forward(X_all, omega_all, gram, (n_act if gathered else p_full) // 2)
         if Gw is None:
             Gw = _weighted_gram(X, omega)
-        Gw = Gw.to(f64) / lam2  # (T, n, n)
-        mk = m.transpose(1, 2)  # (T, K, n)
-        Hk = Gw.unsqueeze(1) * (mk.unsqueeze(-1) * mk.unsqueeze(-2))
-        Hk = Hk + torch.diag_embed(tau * mk + (1.0 - mk))
-        Lk, info = torch.linalg.cholesky_ex(Hk)
-        if bool((info > 0).any()):  # round-off made a block indefinite (τ ≈ 0): a tiny jitter
-            jit = 1e-10 * Hk.diagonal(dim1=-2, dim2=-1).amax(-1) + 1e-300
-            Lk, _ = torch.linalg.cholesky_ex(Hk + torch.diag_embed(jit.unsqueeze(-1).expand_as(mk)))
-        Hinv = torch.cholesky_inverse(Lk) * (mk.unsqueeze(-1) * mk.unsqueeze(-2))  # (T, K, n, n)
-        Lc, _ = torch.linalg.cholesky_ex(Hinv.sum(1))  # every example has a free class: SPD
-
-        def precond(v: Tensor) -> Tensor:
-            vk = v.transpose(1, 2).unsqueeze(-1)  # (T, K, n, 1)
-            mu = torch.cholesky_solve((Hinv @ vk).sum(1), Lc)  # multipliers of Σ_k z_ik = 0
-            return (Hinv @ (vk - mu.unsqueeze(1))).squeeze(-1).transpose(1, 2)
-
-        tol = CG_TOL.get(dt, 1e-6)
-        # x₀ = 0: the first CG step then takes the best multiple of precond(b), at no pass over X
-        # (x₀ = precond(b) would cost a Hessian product for a worse start)
-        x = torch.zeros_like(b)
-        r = b
-        z = precond(r)
-        p = z
-        rz = (r * z).sum((1, 2))
-        bn = b.flatten(1).norm(dim=-1).clamp_min(1e-300)
-        for _ in range(maxiter):
-            if bool((r.flatten(1).norm(dim=-1) <= tol * bn).all()):
-                break
-            Ap = matvec(p)
-            step = (rz / (p * Ap).sum((1, 2)).clamp_min(1e-300)).reshape(T, 1, 1)
-            x = x + step * p
-            r = r - step * Ap
-            z = precond(r)
-            rz_new = (r * z).sum((1, 2))
-            p = z + (rz_new / rz.clamp_min(1e-300)).reshape(T, 1, 1) * p
-            rz = rz_new
-        else:
-            res = float((r.flatten(1).norm(dim=-1) / bn).max())
-            warnings.warn(
-                f"group-sparse SVM backward: CG stopped after {maxiter} steps at relative residual "
-                f"{res:.1e} > {tol:.0e}; the gradient is approximate (tau = {tau:g} near 0 makes "
-                "the implicit system ill-conditioned: raise tau)",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+        precond = _face_preconditioner(Gw.to(f64) / lam2, m, tau)
+        x = _pcg(matvec, precond, b, CG_TOL.get(dt, 1e-6), maxiter, tau)
     u = proj(x).to(dt) / lam2
     JQ = jac(u.transpose(1, 2) @ X)  # J[Xᵀu]/λ2
     if Mbar is not None:
