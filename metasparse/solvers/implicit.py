@@ -618,10 +618,13 @@ def _face_preconditioner(Gw: Tensor, m: Tensor, tau: float) -> Callable[[Tensor]
     Hinv = torch.cholesky_inverse(Lk) * (mk.unsqueeze(-1) * mk.unsqueeze(-2))  # (T, K, n, n)
     Lc, _ = torch.linalg.cholesky_ex(Hinv.sum(1))  # every example has a free class: SPD
 
+    # the T·K products with the symmetric n×n blocks as broadcast multiply-and-sum: a batched
+    # matrix-vector bmm runs one small GEMV call per block (0.40 against 0.16 ms at 8 tasks,
+    # 5-way 15-shot)
     def precond(v: Tensor) -> Tensor:
-        vk = v.transpose(1, 2).unsqueeze(-1)  # (T, K, n, 1)
-        mu = torch.cholesky_solve((Hinv @ vk).sum(1), Lc)  # multipliers of Σ_k z_ik = 0
-        return (Hinv @ (vk - mu.unsqueeze(1))).squeeze(-1).transpose(1, 2)
+        vk = v.transpose(1, 2).unsqueeze(-2)  # (T, K, 1, n)
+        mu = torch.cholesky_solve((Hinv * vk).sum((1, 3)).unsqueeze(-1), Lc)  # Σ_k z_ik = 0
+        return (Hinv * (vk - mu.transpose(1, 2).unsqueeze(1))).sum(-1).transpose(1, 2)
 
     return precond
 
