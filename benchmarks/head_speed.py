@@ -185,6 +185,7 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 VARIANTS = {
     "vmfista, rank 8 (default)": {"method": "vmfista", "rank": 8},
+    "vmfista, fixed metric scale": {"method": "vmfista", "adaptive": False},
     "vmfista, rank 2": {"method": "vmfista", "rank": 2},
     "vmfista, no working set": {"method": "vmfista", "working_set": False},
     "FISTA + restart (scalar metric)": {"method": "fista"},

@@ -306,11 +306,12 @@ def test_bad_inputs_raise():
         GroupSparseSVMSolver(polish_steps=0)
 
 
+@pytest.mark.parametrize("scaled", [False, True])
 @pytest.mark.parametrize("tau", [0.0, 0.01])
-def test_metric_prox_solves_its_quadratic_program(tau):
+def test_metric_prox_solves_its_quadratic_program(tau, scaled):
     """The variable-metric prox (semismooth Newton on the dualised low-rank part) returns the
-    minimiser of ⟨g, α⟩ + ½‖α − y‖²_Q over the simplices: checked against many projected
-    gradient steps on the same strongly convex problem."""
+    minimiser of ⟨g, α⟩ + ½‖α − y‖²_{sQ} over the simplices (``s`` per task, or 1): checked
+    against many projected gradient steps on the same strongly convex problem."""
     from metasparse.solvers.group_sparse_svm import _Metric, project_simplex
 
     g = torch.Generator().manual_seed(12)
@@ -319,14 +320,16 @@ def test_metric_prox_solves_its_quadratic_program(tau):
     assert metric.V.shape[-1] == 3 and bool((metric.lam > 0).all())
     y = project_simplex(torch.randn(3, 12, 4, generator=g, dtype=torch.float64))
     grad = 3 * torch.randn(3, 12, 4, generator=g, dtype=torch.float64)
-    a, _ = metric.prox(y, grad, torch.zeros(3, 3, 4, dtype=torch.float64))
+    s = torch.tensor([0.1, 0.5, 1.0], dtype=torch.float64).reshape(3, 1, 1)
+    a, _ = metric.prox(y, grad, torch.zeros(3, 3, 4, dtype=torch.float64), s if scaled else None)
+    s = s if scaled else torch.ones_like(s)
     ref = y.clone()
-    step = 1.0 / (metric.c + metric.lam.amax(-1).reshape(-1, 1, 1))
-    for _ in range(4000):  # PGD on the same problem, step 1/‖Q‖
-        ref = project_simplex(ref - step * (grad + metric.apply(ref - y)))
+    step = 1.0 / (s * (metric.c + metric.lam.amax(-1).reshape(-1, 1, 1)))
+    for _ in range(4000):  # PGD on the same problem, step 1/‖sQ‖
+        ref = project_simplex(ref - step * (grad + s * metric.apply(ref - y)))
 
     def value(z):
-        return (grad * z).sum((1, 2)) + 0.5 * ((z - y) * metric.apply(z - y)).sum((1, 2))
+        return (grad * z).sum((1, 2)) + 0.5 * ((z - y) * s * metric.apply(z - y)).sum((1, 2))
 
     assert torch.allclose(a.sum(-1), torch.ones(3, 12, dtype=torch.float64))
     assert bool((a >= 0).all())
@@ -588,3 +591,70 @@ def test_iterations_of_an_early_task_do_not_grow_while_it_waits():
     batch = GroupSparseSVMSolver(**kw).run(X, Y, lam1)
     assert int(batch.iterations[0]) == int(alone.iterations[0])
     assert int(batch.iterations[0]) < int(batch.iterations[1:].min())
+
+
+def _sparse_episode():
+    g = torch.Generator().manual_seed(21)
+    X = torch.relu(torch.randn(4, 30, 400, generator=g, dtype=torch.float64))
+    return X, torch.arange(5).repeat_interleave(6).expand(4, -1)
+
+
+def test_adaptive_metric_scale_gives_the_same_solution_in_fewer_iterations(monkeypatch):
+    # sparse solutions meet a fraction of the metric's curvature: the working-set rounds take
+    # their steps in s·Q with s < 1, and land on the fixed metric's solution
+    import metasparse.solvers.group_sparse_svm as gs
+
+    scales = []
+    orig = gs._adapt_scale
+
+    def spy(*args):
+        out = orig(*args)
+        scales.append(float(out[2].min()))
+        return out
+
+    monkeypatch.setattr(gs, "_adapt_scale", spy)
+    X, labels = _sparse_episode()
+    kw = dict(lam_ratio=0.5, lam2=10.0, tau=0.1, tol=1e-9)
+    ada = solve_group_sparse_svm(X, labels, 5, **kw)
+    assert scales and min(scales) < 0.5, "the metric scale never went down"
+    n_calls = len(scales)
+    fixed = solve_group_sparse_svm(X, labels, 5, adaptive=False, **kw)
+    assert len(scales) == n_calls, "adaptive=False still adapted the scale"
+    assert bool(ada.converged.all()) and bool(fixed.converged.all())
+    Y = torch.eye(5, dtype=X.dtype)[labels]
+    _, _, gap = objectives(ada.dual.detach(), X, Y, ada.lam1, 10.0, 0.1)  # on all features
+    assert bool((gap <= 1e-9).all())
+    dist = (ada.weights - fixed.weights).flatten(1).norm(dim=-1)
+    assert bool((dist <= _weight_distance_bound(ada, fixed, 10.0)).all())
+    assert int(ada.iterations.sum()) < int(fixed.iterations.sum())
+
+
+def test_a_step_that_breaks_the_majorisation_is_rejected_and_the_solve_recovers(monkeypatch):
+    # force one far too small scale: the next step overshoots, is rejected (the task stays at
+    # its point, raises its scale and sets a floor from the curvature it met), and the solve
+    # still certifies, in about the iterations it takes unforced
+    import metasparse.solvers.group_sparse_svm as gs
+
+    X, labels = _sparse_episode()
+    kw = dict(lam_ratio=0.5, lam2=10.0, tau=0.1, tol=1e-9)
+    unforced = solve_group_sparse_svm(X, labels, 5, **kw)
+    rejected = []
+    orig = gs._adapt_scale
+
+    def undershoot(*args):
+        new, Mt_new, s, rej = orig(*args)
+        rejected.append(rej.clone())
+        if len(rejected) == 1:
+            s = torch.full_like(s, 1e-3)
+        return new, Mt_new, s, rej
+
+    monkeypatch.setattr(gs, "_adapt_scale", undershoot)
+    res = solve_group_sparse_svm(X, labels, 5, **kw)
+    assert bool(rejected[1].all()), "the overshooting step was not rejected"
+    later = sum(int(r.sum()) for r in rejected[2:])
+    assert later <= X.shape[0], f"the scale did not recover ({later} later rejections)"
+    assert int(res.iterations.max()) <= int(unforced.iterations.max()) + 5
+    assert bool(res.converged.all())
+    Y = torch.eye(5, dtype=X.dtype)[labels]
+    _, _, gap = objectives(res.dual.detach(), X, Y, res.lam1, 10.0, 0.1)
+    assert bool((gap <= 1e-9).all())

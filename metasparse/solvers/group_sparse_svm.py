@@ -41,6 +41,7 @@ _PROX_SIZE = 64
 # and factorises the dense (n·K)² dual Hessian: only up to n·K = 512 (10-way 5-shot, 5-way
 # 15-shot...), and in λ2-continuation stages whose ‖X‖²/λ2 is at most 1e3 (κ ≤ 1e6 at τ = 1e-3).
 _POLISH_SIZE = 512
+_SCALE_MIN = 1.0 / 16.0  # the smallest metric scale the adaptive step may take
 _POLISH_SPREAD = 1e3
 _POLISH_FISTA = 30  # FISTA iterations on the first stage (100 took more in all: 201 vs 147)
 
@@ -377,7 +378,9 @@ class _Metric:
             self._consts = (Vs, Vs / self.c, d, sl.amax(-1), eye, eyeK, VVf)
         return self._consts
 
-    def prox(self, y: Tensor, g: Tensor, Z: Tensor, max_newton: int = 50) -> tuple[Tensor, Tensor]:
+    def prox(
+        self, y: Tensor, g: Tensor, Z: Tensor, scale: Tensor | None = None, max_newton: int = 50
+    ) -> tuple[Tensor, Tensor]:
         """``argmin_{rows ∈ Δ} ⟨g, α⟩ + ½‖α − y‖²_Q``, and its multipliers ``Z`` (T, r, K).
 
         The low-rank part is dualised, ``½λ_t‖v_tᵀz‖² = max_z √λ_t⟨z, v_tᵀz⟩ − ½‖z‖²``, so that
@@ -388,12 +391,16 @@ class _Metric:
         """
         T, _, K = y.shape
         r = self.V.shape[-1]
+        c = self.c if scale is None else self.c * scale
         if r == 0:
-            return project_simplex(y - g / self.c), Z
+            return project_simplex(y - g / c), Z
         Vs, Vc, d, slmax, eye, eyeK, VVf = self._prox_constants(K)
-        base = y - g / self.c
+        if scale is not None:  # s·Q: V√(sΛ) and V√(sΛ)/(sc); the Newton system is unchanged
+            rs = scale.sqrt()
+            Vs, Vc, slmax = Vs * rs, Vc / rs, slmax * rs.reshape(T)
+        base = y - g / c
         gy = (g * y).sum((1, 2))
-        half_c = 0.5 * self.c
+        half_c = 0.5 * c
 
         # ψ(Z) = ⟨g, α⟩ + ½c‖α − y‖² + ⟨Z, √Λ Vᵀ(α − y)⟩ − ½‖Z‖², with α = α(Z); written
         # as below it takes 10 small ops instead of 15 (at 1-shot, p = 2560, the prox is about
@@ -465,6 +472,7 @@ class SolverOutput(NamedTuple):
     Mt: Tensor  # (T, K, p): (Y − α)ᵀX at ``alpha``, in X's dtype, as the certificate used it
     gram: Tensor  # (T, n, n) float64: X_S X_Sᵀ over the features S of ``gram_mask``
     gram_mask: Tensor | None  # (T, p) bool, or None for all features
+    scale: Tensor | None = None  # (T, 2) float64: adaptive metric scale and its floor (_run)
 
 
 @dataclass
@@ -500,6 +508,13 @@ class GroupSparseSVMSolver:
             (:func:`_polish`; they count against ``max_iter``), then FISTA resumes from there.
             Features scaled by 1e2-1e6 (κ up to ~1e16) are certified in 120-300 iterations
             instead of not in 3000. The benchmark's episodes (≤ 20 iterations) never reach it.
+        adaptive: in the working-set rounds (sparse solutions), take each step in the metric
+            ``s·Q`` with a per-task scale ``s ∈ [1/16, 1]`` set from the curvature the last step
+            met (:func:`_adapt_scale`; a step that breaks the majorisation is rejected). ``Q``
+            bounds the curvature of every feature of the working set, but features near the
+            threshold barely bend the group norm: such steps meet 5-30% of it. 8 episodes,
+            5-way, λ1/λ_max = 0.5, mean iterations: 1-shot p = 2560 7.25 → 5.4, 5-shot 10.9 →
+            7.75, 15-shot 19 → 10.75 (p = 2560) and 16 → 9.6 (p = 16000).
     """
 
     lam2: float = DEFAULT_LAM2
@@ -515,6 +530,7 @@ class GroupSparseSVMSolver:
     ws_round: int = 5
     polish_after: int = 100
     polish_steps: int = 50
+    adaptive: bool = True
 
     def __post_init__(self) -> None:
         if not self.lam2 > 0:
@@ -582,6 +598,8 @@ class GroupSparseSVMSolver:
         gram_mask = torch.zeros_like(ws)
         todo = torch.arange(T, device=X.device)
         has_viol = torch.zeros(T, dtype=torch.bool, device=X.device)
+        scale = torch.zeros(T, 2, dtype=torch.float64, device=X.device)  # (s, floor)
+        scale[:, 0] = 1.0
         rounds = self.ws_round  # iterations per round, doubled each round
         while True:  # every round runs at least one iteration: ends within max_iter
             left = self.max_iter - int(iters[todo].max())
@@ -594,8 +612,10 @@ class GroupSparseSVMSolver:
             at = max(1, self.polish_after - int(iters[todo].max())) if self.polish_after else 0
             out = self._run(
                 _Rows(Xw), Y64[todo], lam1[todo], alpha[todo], min(rounds, left),
-                polish_at=at, polish_budget=left - at,
+                polish_at=at, polish_budget=left - at, scale=scale[todo] if self.adaptive else None,
             )  # fmt: skip
+            if out.scale is not None:
+                scale[todo] = out.scale
             alpha[todo], gap[todo], P[todo], Dv[todo] = out[0], out[1], out[3], out[4]
             iters[todo] += out.iterations
             gram[todo], gram_mask[todo] = out.gram, ws[todo]
@@ -632,6 +652,7 @@ class GroupSparseSVMSolver:
         Mt: Tensor | None = None,
         polish_at: int | None = None,
         polish_budget: int | None = None,
+        scale: Tensor | None = None,
     ) -> SolverOutput:
         """The iterations on a fixed feature set, from the feasible float64 ``alpha``.
 
@@ -669,6 +690,10 @@ class GroupSparseSVMSolver:
         t = torch.ones(T, 1, 1, dtype=torch.float64, device=dev)
         Wm = torch.zeros(T, mb.V.shape[-1], K, dtype=torch.float64, device=dev)
         since = torch.zeros(T, dtype=torch.long, device=dev)
+        adaptive = scale is not None and self.method == "vmfista"
+        scale_out = scale  # (T, 2): each task's metric scale s and its floor, as they end
+        if adaptive:
+            scale_out, scale = scale.clone(), scale.clone()
         k = 0
         while True:
             if self.method == "pgd":
@@ -686,10 +711,11 @@ class GroupSparseSVMSolver:
                 need = ~feas
             cand_gap = torch.full_like(lb, float("inf"))
             cand_P, cand_D, cand = torch.zeros_like(lb), torch.zeros_like(lb), y
+            D_y = None  # D at y, when the certificate computes it (for the adaptive scale)
             if bool(feas.any()):
                 Pc, Dc, gc = _certificate(S, nrm, y, Yb, lb, lam2, tau)
                 cand_gap = torch.where(feas, gc, cand_gap)
-                cand_P, cand_D = Pc, Dc
+                cand_P, cand_D, D_y = Pc, Dc, -Dc
             if bool(need.any()):
                 nrm_a, S_a = _scores(rb, Mt, lb, lam2)
                 Pa, Da, ga = _certificate(S_a, nrm_a, a, Yb, lb, lam2, tau)
@@ -718,9 +744,11 @@ class GroupSparseSVMSolver:
                 keep = ~done
                 live, rb, mb = live[keep], rb.subset(keep), mb.index(keep)
                 Yb, lb = Yb[keep], lb[keep]
-                a, prev, y, t, t_next, Wm, since = (
-                    v[keep] for v in (a, prev, y, t, t_next, Wm, since)
+                a, prev, y, t, t_next, Wm, since, nrm = (
+                    v[keep] for v in (a, prev, y, t, t_next, Wm, since, nrm)
                 )
+                scale = scale[keep] if adaptive else scale
+                D_y = None if D_y is None else D_y[keep]
                 Mt, Mt_prev, S, done = Mt[keep], Mt_prev[keep], S[keep], done[keep]
             if k == polish_at and polish:
                 # still uncertified after polish_after iterations: badly conditioned. Newton
@@ -737,16 +765,80 @@ class GroupSparseSVMSolver:
                 k += max(1, int(used.max()))  # Newton steps count against max_iter
                 continue
             grad = _gradient_from_scores(S, y, Yb, tau)
-            new, Wm = mb.prox(y, grad, Wm)
+            new, Wm = mb.prox(y, grad, Wm, scale[:, :1, None] if adaptive else None)
             Mt_new = rb.left((Yb - new).to(dt).transpose(1, 2))
             if self.method != "pgd":
-                up = ((mb.apply(y - new)) * (new - a)).sum((1, 2)) > 0
+                d = new - y
+                Qd = mb.apply(d)
+                if adaptive:
+                    new, Mt_new, scale, rejected = _adapt_scale(
+                        scale, d, Qd, new, Mt_new, a, Mt, grad, nrm, D_y, Yb, lb, lam2, tau
+                    )
+                    scale_out[live] = scale
+                # restart when the step points uphill: ⟨Q(y − new), new − a⟩ > 0 (a rejected
+                # step restarts too)
+                up = (Qd * (a - new)).sum((1, 2)) > 0
+                if adaptive:
+                    up = up | rejected
                 t_next = torch.where(up.reshape(-1, 1, 1), torch.ones_like(t_next), t_next)
             prev, Mt_prev, a, Mt, t = a, Mt, new, Mt_new, t_next
             iters[live[~done]] += 1  # certified tasks waiting for compaction do not count
             k += 1
         Mt_sol = torch.stack([src[row] for src, row in sol_Mt])
-        return SolverOutput(sol, gap, iters, P, Dv, Mt_sol, gram, None)
+        return SolverOutput(sol, gap, iters, P, Dv, Mt_sol, gram, None, scale_out)
+
+
+def _adapt_scale(
+    state: Tensor,
+    d: Tensor,
+    Qd: Tensor,
+    new: Tensor,
+    Mt_new: Tensor,
+    a: Tensor,
+    Mt: Tensor,
+    grad: Tensor,
+    nrm_y: Tensor,
+    D_y: Tensor | None,
+    Y: Tensor,
+    lam1: Tensor,
+    lam2: float,
+    tau: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Check the step ``y → new`` taken in the metric ``s·Q`` and set the next ``s`` per task.
+
+    ``ρ = (D(new) − D(y) − ⟨∇D(y), d⟩)/(½‖d‖²_Q)`` is the curvature the step met, as a fraction
+    of ``Q``'s (``≤ 1``: ``Q`` majorises). A step with ``ρ > s`` broke the majorisation: it is
+    rejected (the task stays at ``a`` and its momentum restarts) and ``1.25ρ`` becomes the
+    task's floor for ``s``, so that rejections stop once the floor covers the largest
+    curvature met (steps from rest meet less than momentum steps: without the floor ``s``
+    oscillates, one step in two rejected). The next scale is ``clip(max(2ρ, floor), S_MIN, 1)``.
+    Sparse solutions meet 5-30% of ``Q``'s curvature (features near the threshold barely bend
+    the group norm). Steps too small for ``ρ`` to rise above the round-off of ``D`` leave ``s``
+    as it is. ``state`` is (T, 2): ``s`` and its floor. Returns
+    ``(new, Mt_new, state, rejected)``.
+    """
+    q = 0.5 * (Qd * d).sum((1, 2))
+    nrm_new = column_norms(Mt_new).double()
+    D_new = _dual_objective(nrm_new, new, Y, lam1, lam2, tau)
+    if D_y is None:
+        D_y = _dual_objective(nrm_y, new - d, Y, lam1, lam2, tau)
+    excess = D_new - D_y - (grad * d).sum((1, 2))
+    # round-off of D: ‖M_j‖ carries a relative error ~√n·eps of X's dtype, and enters D
+    # through (‖M_j‖ − λ1)₊²/(2λ2)
+    lam = lam1.unsqueeze(-1)
+    mass = (nrm_y * (nrm_y - lam).clamp_min(0.0)).sum(-1)
+    mass = mass + (nrm_new * (nrm_new - lam).clamp_min(0.0)).sum(-1)
+    eps = torch.finfo(Mt_new.dtype).eps * Y.shape[1] ** 0.5
+    reliable = q > 100.0 * eps * mass / lam2
+    rho = excess / q.clamp_min(torch.finfo(torch.float64).tiny)
+    s, floor = state[:, 0], state[:, 1]
+    rejected = reliable & (rho > s * (1.0 + 1e-3)) & (s < 1.0)
+    floor = torch.where(rejected, torch.maximum(floor, 1.25 * rho), floor)
+    s_next = torch.where(reliable, torch.maximum(2.0 * rho, floor).clamp(_SCALE_MIN, 1.0), s)
+    if bool(rejected.any()):
+        m3 = rejected.reshape(-1, 1, 1)
+        new, Mt_new = torch.where(m3, a, new), torch.where(m3, Mt, Mt_new)
+    return new, Mt_new, torch.stack([s_next, floor.clamp_max(1.0)], -1), rejected
 
 
 def _scores(rows: _Rows, Mt: Tensor, lam1: Tensor, lam2: float) -> tuple[Tensor, Tensor]:
@@ -1060,6 +1152,7 @@ def solve_group_sparse_svm(
     method: str = "vmfista",
     rank: int = 8,
     working_set: bool = True,
+    adaptive: bool = True,
     init: Tensor | None = None,
     backward: str = "auto",
 ) -> GroupSparseSVMResult:
@@ -1070,7 +1163,7 @@ def solve_group_sparse_svm(
         lam_ratio: ``λ1/λ_max`` per episode (exactly one of ``lam_ratio``/``lam1``).
         lam1: absolute ``λ1`` (float or (tasks,)).
         lam2, tau: ridge and hinge smoothing. tol: target relative duality gap.
-        max_iter, method, rank, working_set: see :class:`GroupSparseSVMSolver`.
+        max_iter, method, rank, working_set, adaptive: see :class:`GroupSparseSVMSolver`.
         init: warm start for the dual (tasks, n, n_way), projected onto the simplices.
         backward: how the implicit system on active faces × active features is solved:
             ``"auto"``, ``"dense"``, ``"cg"`` (see ``implicit.svm_dual_root``) or ``"generic"``
@@ -1099,6 +1192,7 @@ def solve_group_sparse_svm(
         method=method,
         rank=rank,
         working_set=working_set,
+        adaptive=adaptive,
     )
     out = solver.run(X, Y, lam1_t, init=init, Mt0=Mt0)
     iters = out.iterations
