@@ -590,12 +590,23 @@ def _direct_face_solve(
     b: Tensor,
 ) -> Tensor:
     """``x`` (T, n, K) with ``(P H P + I − P) x = b`` by one dense solve on the face
-    coordinates (``b`` already projected: zero off the face), the system CG solves otherwise."""
-    T, n, K = Y.shape
+    coordinates (``b`` float64, already projected: zero off the face), the system CG solves
+    otherwise."""
     st = _svm_structure(alpha, X, Y, lam1, lam2, tau, face=face.bool(), Mt=Mt)
+    return _solve_on_face(st, lam2, b)
+
+
+def _solve_on_face(st: dict[str, Any], lam2: float, rhs: Tensor, project: bool = False) -> Tensor:
+    """``x`` (T, n, K), float64, zero off the face slots of ``st``, with ``(P H P + I − P) x =
+    rhs`` on them: the dense solve shared by the τ = 0 backward and the direct face solve.
+    ``project``: project ``rhs`` onto the faces' tangent space first."""
+    T, n, K = rhs.shape
     sidx, svalid = st["sidx"], st["svalid"]
-    u_s = _spd_solve(_dense_matrix(st, lam2), b.reshape(T, n * K).gather(1, sidx) * svalid)
-    x = torch.zeros(T, n * K, dtype=b.dtype, device=b.device)
+    r = rhs.reshape(T, n * K).gather(1, sidx).double() * svalid
+    if project:
+        r = (st["Pm"] @ r.unsqueeze(-1)).squeeze(-1)
+    u_s = _spd_solve(_dense_matrix(st, lam2), r)
+    x = torch.zeros(T, n * K, dtype=torch.float64, device=rhs.device)
     return x.scatter_add_(1, sidx, u_s * svalid).reshape(T, n, K)
 
 
@@ -761,7 +772,7 @@ class _SVMDualRoot(torch.autograd.Function):
 
         alpha, X, Y, lam1 = ctx.saved_tensors
         lam2, tau, solve = ctx.hp
-        T, n, K = Y.shape
+        _, n, K = Y.shape
         if not ctx.needs_input_grad[1]:
             return None, None, None, None, None
         Xd = X.detach()
@@ -769,13 +780,7 @@ class _SVMDualRoot(torch.autograd.Function):
             gX = _svm_backward_cg(alpha, Xd, Y, lam1, lam2, tau, grad_alpha)
             return None, gX, None, None, None
         st = _svm_structure(alpha, Xd, Y, lam1, lam2, tau)
-        sidx, svalid, Pm = st["sidx"], st["svalid"], st["Pm"]
-        g = grad_alpha.reshape(T, n * K).gather(1, sidx).double() * svalid
-        g = (Pm @ g.unsqueeze(-1)).squeeze(-1)  # project onto the faces' tangent space
-        u_s = _spd_solve(_dense_matrix(st, lam2), g)
-        u = torch.zeros(T, n * K, dtype=torch.float64, device=X.device)
-        u.scatter_add_(1, sidx, u_s * svalid)
-        u = u.reshape(T, n, K).to(X.dtype)
+        u = _solve_on_face(st, lam2, grad_alpha, project=True).to(X.dtype)
         with torch.enable_grad():
             Xg = Xd.requires_grad_(True)
             gD = dual_gradient(alpha, Xg, Y, lam1, lam2, tau)
