@@ -658,3 +658,22 @@ def test_a_step_that_breaks_the_majorisation_is_rejected_and_the_solve_recovers(
     Y = torch.eye(5, dtype=X.dtype)[labels]
     _, _, gap = objectives(res.dual.detach(), X, Y, res.lam1, 10.0, 0.1)
     assert bool((gap <= 1e-9).all())
+
+
+@pytest.mark.parametrize("direct_face", [0, 128])
+def test_a_loss_blind_to_the_weights_gets_a_zero_gradient(direct_face, monkeypatch):
+    # Σ_k W_k = 0 identically (M_j sums to zero over classes), so W.sum() has gradient 0: the
+    # implicit system's right-hand side is round-off, on which CG broke down into NaN
+    import metasparse.solvers.implicit as imp
+
+    monkeypatch.setattr(imp, "DIRECT_FACE", direct_face)
+    g = torch.Generator().manual_seed(23)
+    X = torch.relu(torch.randn(3, 12, 300, generator=g, dtype=torch.float64))
+    labels = torch.arange(4).repeat_interleave(3).expand(3, -1)
+    for ratio in (0.05, 0.6):
+        Xg = X.clone().requires_grad_(True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            res = solve_group_sparse_svm(Xg, labels, 4, lam_ratio=ratio, lam2=10.0, tau=0.1)
+            res.weights.sum().backward()
+        assert float(Xg.grad.abs().max()) < 1e-12, ratio

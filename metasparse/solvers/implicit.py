@@ -169,7 +169,10 @@ def _pcg(
 ) -> Tensor:
     """Preconditioned CG per task on (T, n, K) vectors, to relative residual ``tol``; warns
     (naming ``tau``) when it has taken ``maxiter`` steps without stopping. Unlike :func:`_cg`
-    it keeps stepping every task until all have converged (the SVM backward's choice)."""
+    it keeps stepping every task until all have converged (the SVM backward's choice). A task
+    whose curvature ``⟨p, A p⟩`` or ``⟨r, M⁻¹ r⟩`` is no longer positive stops where it is:
+    that happens when ``b`` is round-off, e.g. the gradient of a loss that depends on the
+    weights only through ``Σ_k W_k`` (identically 0), where going on overflowed to NaN."""
     T = b.shape[0]
     # x₀ = 0: the first CG step then takes the best multiple of precond(b), at no pass over X
     # (x₀ = precond(b) would cost a Hessian product for a worse start)
@@ -179,16 +182,21 @@ def _pcg(
     p = z
     rz = (r * z).sum((1, 2))
     bn = b.flatten(1).norm(dim=-1).clamp_min(1e-300)
+    stopped = torch.zeros(T, dtype=torch.bool, device=b.device)
     for _ in range(maxiter):
-        if bool((r.flatten(1).norm(dim=-1) <= tol * bn).all()):
+        go = (r.flatten(1).norm(dim=-1) > tol * bn) & ~stopped
+        if not bool(go.any()):
             return x
         Ap = matvec(p)
-        step = (rz / (p * Ap).sum((1, 2)).clamp_min(1e-300)).reshape(T, 1, 1)
+        pAp = (p * Ap).sum((1, 2))
+        ok = ~stopped & (pAp > 0) & (rz > 0)
+        stopped |= ~ok
+        step = torch.where(ok, rz / pAp.clamp_min(1e-300), 0.0).reshape(T, 1, 1)
         x = x + step * p
         r = r - step * Ap
         z = precond(r)
         rz_new = (r * z).sum((1, 2))
-        p = z + (rz_new / rz.clamp_min(1e-300)).reshape(T, 1, 1) * p
+        p = z + torch.where(ok, rz_new / rz.clamp_min(1e-300), 0.0).reshape(T, 1, 1) * p
         rz = rz_new
     res = float((r.flatten(1).norm(dim=-1) / bn).max())
     warnings.warn(
