@@ -381,11 +381,12 @@ def test_preconditioner_gram_from_the_forward_matches_the_direct_one(masked):
     assert _gram_from_forward(X, omega, (G, mask), limit=1) is None  # too many: not cheaper
 
 
-@pytest.mark.parametrize("lam_ratio", [0.01, 0.6])
-def test_solver_hands_its_m_and_gram_to_the_backward(lam_ratio, monkeypatch):
+@pytest.mark.parametrize("lam_ratio, updated", [(0.01, True), (0.6, False)])
+def test_solver_hands_its_m_and_gram_to_the_backward(lam_ratio, updated, monkeypatch):
     # run() returns (Y − α)ᵀX at the certified point and the Gram of the features it
-    # iterated on; the fused backward gives the same gradient with or without them
-    # (the preconditioner's Gram is the forward's plus a small update; 0.6: on a working set)
+    # iterated on; the fused backward gives the same gradient with or without them (the
+    # preconditioner's Gram is the forward's plus a small update, or with many differing
+    # weights the forward's as it is; 0.6: the working set's Gram, 7 of 90 features differ)
     import metasparse.solvers.implicit as imp
 
     updates = []
@@ -420,7 +421,7 @@ def test_solver_hands_its_m_and_gram_to_the_backward(lam_ratio, monkeypatch):
         (gX,) = torch.autograd.grad((W * C).sum(), Xg)
         grads.append(gX)
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-8, atol=1e-10)
-    assert updates == [True]  # the update path ran (0.6: on the working set's Gram)
+    assert updates == [updated]
 
 
 @pytest.mark.parametrize("max_iter", [2, 4, 7, 12])
@@ -658,6 +659,88 @@ def test_a_step_that_breaks_the_majorisation_is_rejected_and_the_solve_recovers(
     Y = torch.eye(5, dtype=X.dtype)[labels]
     _, _, gap = objectives(res.dual.detach(), X, Y, res.lam1, 10.0, 0.1)
     assert bool((gap <= 1e-9).all())
+
+
+@pytest.mark.parametrize("p", [1000, 1111])
+def test_left_then_right_in_chunks_matches_the_two_products(p, monkeypatch):
+    # the fused pass runs X's features chunk by chunk (every feature once, in order); its
+    # result and the stored left product are those of the two whole products
+    import metasparse.solvers.group_sparse_svm as gs
+
+    monkeypatch.setattr(gs, "_FUSE_BYTES", 0)
+    monkeypatch.setattr(gs, "_CHUNK_BYTES", 3 * 6 * 128 * 8)  # 128 features per chunk
+    g = torch.Generator().manual_seed(5)
+    X = torch.randn(3, 6, p, generator=g, dtype=torch.float64)
+    A = torch.randn(3, 4, 6, generator=g, dtype=torch.float64)
+    w = torch.rand(3, 1, p, generator=g, dtype=torch.float64)
+    seen = []
+
+    def fn(M, c):
+        seen.append((c.start, c.stop))
+        return torch.cat([M * w[:, :, c], M.square()], 1)  # (3, 8, |c|): per feature
+
+    assert gs._fuse_chunk(X) == 128
+    left = torch.empty(3, 4, p, dtype=torch.float64)
+    out = gs.left_then_right(X, A, fn, left=left)
+    M = A @ X
+    torch.testing.assert_close(left, M)
+    torch.testing.assert_close(out, X @ torch.cat([M * w, M.square()], 1).transpose(1, 2))
+    assert [a for a, _ in seen] == list(range(0, p, 128)) and seen[-1][1] == p
+    rows = gs._Rows(X).subset(torch.tensor([True, False, True]))  # per-task views: whole
+    sub = rows.left_then_right(A[[0, 2]], lambda M, c: M * w[[0, 2]][:, :, c])
+    torch.testing.assert_close(sub, X[[0, 2]] @ (M[[0, 2]] * w[[0, 2]]).transpose(1, 2))
+    assert not rows.fuses() and gs._Rows(X).fuses()
+
+
+@pytest.mark.parametrize("check_every", [1, 3])
+def test_fused_solver_steps_take_the_same_path(check_every, monkeypatch):
+    # where X is large, each step's M at the new point and the next step's scores come from
+    # one fused pass (with the new point's scores when its certificate will be needed):
+    # the iterates, certificates and counts are those of the separate passes
+    import metasparse.solvers.group_sparse_svm as gs
+
+    g = torch.Generator().manual_seed(8)
+    X = torch.relu(torch.randn(3, 20, 700, generator=g, dtype=torch.float64))
+    labels = torch.arange(4).repeat_interleave(5).expand(3, -1)
+    Y = gs._onehot(labels, 4, X.dtype)
+    lam1 = 0.3 * lambda_max(X, labels, 4, tau=0.1)
+    kw = dict(lam2=10.0, tau=0.1, tol=1e-9, working_set=False, check_every=check_every)
+    primal = []  # P of every certificate, in order
+    cert = gs._certificate
+
+    def record(*args):
+        out = cert(*args)
+        primal.append(out[0])
+        return out
+
+    monkeypatch.setattr(gs, "_certificate", record)
+    plain = GroupSparseSVMSolver(**kw).run(X, Y, lam1)
+    plain_primal = list(primal)
+    primal.clear()
+    calls = []
+    orig = gs._step_pass
+
+    def spy(*args):
+        out = orig(*args)
+        calls.append(out[-1] is not None)
+        return out
+
+    monkeypatch.setattr(gs, "_step_pass", spy)
+    monkeypatch.setattr(gs, "_FUSE_BYTES", 0)
+    monkeypatch.setattr(gs, "_CHUNK_BYTES", 3 * 20 * 128 * 8)
+    fused = GroupSparseSVMSolver(**kw).run(X, Y, lam1)
+    # every certificate (at y and at α alike) on the same primal values
+    assert len(primal) == len(plain_primal)
+    for a, b in zip(primal, plain_primal, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+    assert len(calls) >= int(plain.iterations.min()) - 1 > 5  # until the batch compacts
+    if check_every == 3:
+        assert any(calls), "no fused pass computed the new point's certificate"
+    assert torch.equal(fused.iterations, plain.iterations)
+    torch.testing.assert_close(fused.alpha, plain.alpha, rtol=0, atol=1e-12)
+    torch.testing.assert_close(fused.gap, plain.gap, rtol=1e-6, atol=1e-13)  # sums' order
+    torch.testing.assert_close(fused.Mt, plain.Mt)
+    assert bool((fused.gap <= 1e-9).all())
 
 
 @pytest.mark.parametrize("direct_face", [0, 128])

@@ -671,11 +671,16 @@ def _svm_backward_cg(
     face mask, so nothing of size ``s × a`` is gathered. Hessian products cost two passes over
     ``X`` in its own dtype (``Uᵀ X`` then ``X Jᵀ``). PCG is preconditioned by the exact inverse
     of the same system with the group norm's curvature made isotropic per feature, built from
-    one weighted Gram matrix (see below; ``gram``, the forward's ``(X_S X_Sᵀ, S)``, spares its
-    pass over ``X`` when few weights differ). The final ``X̄`` is closed form:
+    one weighted Gram matrix (see below; with ``gram``, the forward's ``(X_S X_Sᵀ, S)``, no pass
+    over ``X``: it is updated where few weights differ, used as it is otherwise, which weighs
+    the features of ``S`` 1 whether active or not). The final ``X̄`` is closed form:
     ``(u Bᵀ + (Y − α) J[Xᵀu]ᵀ)/λ2``.
     """
-    from metasparse.solvers.group_sparse_svm import _gradient_from_scores, column_norms
+    from metasparse.solvers.group_sparse_svm import (
+        _gradient_from_scores,
+        column_norms,
+        left_then_right,
+    )
 
     T = Y.shape[0]
     dt = X.dtype
@@ -690,8 +695,7 @@ def _svm_backward_cg(
     n_act = int(act.sum(1).max())
     c = torch.where(act, lam / safe, torch.zeros_like(safe))  # λ1/‖M_j‖ on active features
     # preconditioner curvature per feature: 1 on active features (the top of the Hessian's own
-    # range [1 − c_j, 1]), 0 elsewhere. Its Gram matrix is the forward's plus an update on the
-    # features whose activity changed (cheap when few did). 15-shot benchmark, 5-way,
+    # range [1 − c_j, 1]), 0 elsewhere (or 1 in the forward's set S, see below). 15-shot, 5-way,
     # p = 2560 / 16000, λ1/λ_max = 0.01 … 0.5: as many CG products as with the midpoint
     # 1 − c_j/2 (which needs a full weighted Gram), but for one more at 0.01 / p = 16000 and
     # at 0.1 / p = 2560
@@ -712,8 +716,11 @@ def _svm_backward_cg(
     Bt = Mt * w.unsqueeze(1)  # BST(M)ᵀ (T, K, p)
     cVh = c.unsqueeze(1) * Vh  # c = w = 0 on inactive features: no mask needed below
 
-    def jac(Q: Tensor) -> Tensor:  # per-feature Jacobian of BST: (1 − c) I + c v̂v̂ᵀ, active
-        return torch.addcmul(w.unsqueeze(1) * Q, cVh, (Vh * Q).sum(1, keepdim=True))
+    def jac(Q: Tensor, f: slice = slice(None)) -> Tensor:
+        """The per-feature Jacobian of BST, ``(1 − c) I + c v̂v̂ᵀ`` on active features, applied
+        to ``Q`` (T, K, |f|) on the features ``f``."""
+        V = Vh[:, :, f]
+        return torch.addcmul(w[:, None, f] * Q, cVh[:, :, f], (V * Q).sum(1, keepdim=True))
 
     # the weights' direct path: M̄ = J W̄/λ2 (its pass over X is shared with the face's below)
     Mbar = None if grad_weights is None else jac(grad_weights.to(dt)) / lam2
@@ -727,9 +734,8 @@ def _svm_backward_cg(
         z = z * m
         return z - m * z.sum(-1, keepdim=True) / size
 
-    def hess(U: Tensor) -> Tensor:
-        JQ = jac(U.to(dt).transpose(1, 2) @ X)  # (T, K, p)
-        return (X @ JQ.transpose(1, 2)).to(f64) / lam2 + tau * U
+    def hess(U: Tensor) -> Tensor:  # X J[Xᵀ U] /λ2 + τ U: both passes chunk by chunk
+        return left_then_right(X, U.to(dt).transpose(1, 2), jac).to(f64) / lam2 + tau * U
 
     def matvec(v: Tensor) -> Tensor:
         pv = proj(v)
@@ -745,12 +751,16 @@ def _svm_backward_cg(
         # preconditioner (see DIRECT_FACE)
         x = _direct_face_solve(alpha, X, Y, lam1, lam2, tau, m, Mt, b)
     else:
-        Gw = None
-        if gram is not None:
-            # the update gathers its features: worth it below about half of the direct product's
-            Gw = _gram_from_forward(X_all, omega_all, gram, (n_act if gathered else p_full) // 2)
-        if Gw is None:
+        if gram is None:
             Gw = _weighted_gram(X, omega)
+        else:
+            # the forward's Gram, updated on the features whose weight differs when they are
+            # few; with more, as it is (it weighs them 1 instead of 0). 15-shot, 5-way, 8
+            # episodes, λ1/λ_max = 0.1-0.3: CG products the same or one more (p = 16000, 0.1:
+            # 6 instead of 5), while the update (4000 features there) cost two products
+            limit = (n_act if gathered else p_full) // 16
+            Gw = _gram_from_forward(X_all, omega_all, gram, limit)
+            Gw = gram[0] if Gw is None else Gw
         precond = _face_preconditioner(Gw.to(f64) / lam2, m, tau)
         x = _pcg(matvec, precond, b, CG_TOL.get(dt, 1e-6), maxiter, tau)
     u = proj(x).to(dt) / lam2
