@@ -186,6 +186,7 @@ def run(args: argparse.Namespace) -> list[dict]:
 VARIANTS = {
     "vmfista, rank 8 (default)": {"method": "vmfista", "rank": 8},
     "vmfista, fixed metric scale": {"method": "vmfista", "adaptive": False},
+    "vmfista, no ridge start": {"method": "vmfista", "ridge_start": 0},
     "vmfista, rank 2": {"method": "vmfista", "rank": 2},
     "vmfista, no working set": {"method": "vmfista", "working_set": False},
     "FISTA + restart (scalar metric)": {"method": "fista"},
