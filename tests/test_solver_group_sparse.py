@@ -672,6 +672,10 @@ def test_left_then_right_in_chunks_matches_the_two_products(p, monkeypatch):
     monkeypatch.setattr(gs, "_CHUNK_BYTES", 3 * 6 * 128 * 8)  # 128 features per chunk
     g = torch.Generator().manual_seed(5)
     X = torch.randn(3, 6, p, generator=g, dtype=torch.float64)
+    # chunks on one thread only (never set_num_threads here: qpth's batched LU breaks after it)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert gs._fuse_chunk(X) is None
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     A = torch.randn(3, 4, 6, generator=g, dtype=torch.float64)
     w = torch.rand(3, 1, p, generator=g, dtype=torch.float64)
     seen = []
@@ -729,6 +733,7 @@ def test_fused_solver_steps_take_the_same_path(check_every, monkeypatch):
     monkeypatch.setattr(gs, "_step_pass", spy)
     monkeypatch.setattr(gs, "_FUSE_BYTES", 0)
     monkeypatch.setattr(gs, "_CHUNK_BYTES", 3 * 20 * 128 * 8)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # the chunks' condition
     fused = GroupSparseSVMSolver(**kw).run(X, Y, lam1)
     # every certificate (at y and at α alike) on the same primal values
     assert len(primal) == len(plain_primal)

@@ -241,6 +241,9 @@ def _m_at_zero(X: Tensor, Y: Tensor, tau: float) -> Tensor:
 # per-feature map then the X-product, ms: 15-shot p = 16000 (X: 38 MB) 15.0 whole, 10.4 in
 # chunks of 512 features (1.2 MB), 11.7 / 13.0 at 1024 / 2048. Smaller X gained little or lost
 # (whole solves, fwd+bwd: 15-shot p = 2560 (6 MB) 1.07-1.09×, 5-shot p = 16000 (13 MB) 1.0×).
+# On more than one thread the whole products run in parallel and each small op of a chunk pays
+# a thread synchronisation: on 2 threads a fused FISTA step took 15.5 ms, the whole products
+# 7.4 ms (one thread: 11.3 fused, 13.6 whole), so the chunks run on one thread only.
 _FUSE_BYTES = 32e6
 _CHUNK_BYTES = 1.4e6
 
@@ -250,6 +253,8 @@ def _fuse_chunk(X: Tensor) -> int | None:
     B, n, p = X.shape
     chunk = 1 << max(7, round(math.log2(_CHUNK_BYTES / max(B * n * X.element_size(), 1))))
     if X.device.type != "cpu" or X.nbytes <= _FUSE_BYTES or p <= 2 * chunk:
+        return None
+    if torch.get_num_threads() > 1:  # see _FUSE_BYTES
         return None
     return chunk
 
