@@ -48,13 +48,14 @@ _POLISH_FISTA = 30  # FISTA iterations on the first stage (100 took more in all:
 # The smallest scale of the metric the adaptive steps of sparse solutions may take (see
 # _adapt_scale): the steps measured at λ1/λ_max = 0.5 met 5-30% of the metric's curvature.
 _SCALE_MIN = 1.0 / 16.0
-# Points of the segment searched by the ridge start (_ridge_start): its step 0.1 found the
-# iterations of a step of 0.05 (15-shot benchmark, λ1/λ_max = 0.01 and 0.1)
+# Points of the segment searched by the ridge start (_ridge_start): a step of 0.1 found the
+# iterations of a step of 0.05, one of 0.2 did not (15-shot p = 16000, λ1/λ_max = 0.1: 8.4
+# iterations with 11 or 21 points, 9.3 with 6; 5-shot 8 and 9.6)
 _RIDGE_GRID = 11
 # ... and it runs where X has at least this many entries: its 3-7 ms of small ops (the prox of
 # its FISTA steps) then cost less than the passes it saves. 8 episodes, 5-way, λ1/λ_max = 0.1,
-# fwd+bwd new/old: 15-shot p = 16000 (9.6M entries) 0.96, 5-shot p = 16000 (3.2M) 0.96;
-# 15-shot p = 2560 (1.5M) 1.07, 5-shot p = 2560 1.24, 1-shot p = 2560 1.25 (0.01: 0.88 / 0.99 at
+# fwd+bwd new/old: 15-shot p = 16000 (9.6M entries) 0.94, 5-shot p = 16000 (3.2M) 0.92;
+# 15-shot p = 2560 (1.5M) 1.07, 5-shot p = 2560 1.24, 1-shot p = 2560 1.25 (0.01: 0.87 / 0.99 at
 # 15-shot p = 16000 / 2560, 1.03 at 1-shot p = 16000)
 _RIDGE_MIN_SIZE = 2.5e6
 
