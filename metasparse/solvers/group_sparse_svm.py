@@ -85,6 +85,15 @@ def column_norms(Mt: Tensor) -> Tensor:
     return (Mt * Mt).sum(1).clamp_min(torch.finfo(Mt.dtype).tiny).sqrt()
 
 
+def _shrunk(Mt: Tensor, lam: Tensor, nrm: Tensor) -> Tensor:
+    """The columns ``BST(M_j, λ1)`` of ``Mt`` (B, K, p), ``lam`` (B, 1); the feature norms go
+    into ``nrm`` (B, p), floored at ``tiny`` as in :func:`column_norms`. In few small ops: the
+    fused solver steps run it per chunk of features, where op overhead counts."""
+    nc = torch.sum(Mt * Mt, 1, out=nrm).clamp_min_(torch.finfo(Mt.dtype).tiny).sqrt_()
+    shrink = torch.addcdiv(nc.new_ones(()).expand_as(nc), lam, nc, value=-1.0)  # 1 − λ1/‖M_j‖
+    return Mt * shrink.clamp_min_(0.0).unsqueeze(1)
+
+
 def weights_from_m(Mt: Tensor, lam1: Tensor, lam2: float) -> Tensor:
     """Primal weights ``W_j = BST(M_j, λ1)/λ2`` (T, K, p) from ``Mᵀ`` (T, K, p); ``lam1`` per
     task. Uses :func:`column_norms`, as :func:`lambda_max` does, so that ``lam_ratio = 1``
@@ -905,13 +914,9 @@ class GroupSparseSVMSolver:
                     scale, d, Qd, new, Mt_new, a, Mt, grad, nrm, D_y, Yb, lb, lam2, tau
                 )
                 scale_out[live] = scale
-                # restart when the step points uphill (a rejected step restarts too)
-                up = rejected | ((Qd * (a - new)).sum((1, 2)) > 0)
-                t_next = torch.where(up.reshape(-1, 1, 1), torch.ones_like(t_next), t_next)
+                t_next = _restart(t_next, Qd, a, new, rejected)  # a rejected step restarts too
             elif not pgd:
-                # restart when the step points uphill: ⟨Q(y − new), new − a⟩ > 0
-                up = (mb.apply(new - y) * (a - new)).sum((1, 2)) > 0
-                t_next = torch.where(up.reshape(-1, 1, 1), torch.ones_like(t_next), t_next)
+                t_next = _restart(t_next, mb.apply(new - y), a, new)
             if fuse:
                 # the next step's extrapolated point is known before M at new: one fused pass
                 # gives M at new and the scores at that point (and at new, for a certificate)
@@ -962,8 +967,7 @@ def _ridge_start(
         y = a + mom * (a - prev)
         grad = _gradient_from_scores(G @ (Y - y) / lam2, y, Y, tau)
         new, Z = metric.prox(y, grad, Z)
-        up = (metric.apply(new - y) * (a - new)).sum((1, 2)) > 0  # gradient restart
-        prev, a, t = a, new, torch.where(up.reshape(-1, 1, 1), torch.ones_like(t), t_next)
+        prev, a, t = a, new, _restart(t_next, metric.apply(new - y), a, new)
     Mr = rows.left((Y - a).to(Mt.dtype).transpose(1, 2))
     dM = Mr - Mt
     # along the segment ‖M_j(s)‖² = A + 2Bs + Cs², and the rest of D (_dual_objective) is a
@@ -989,6 +993,18 @@ def _ridge_start(
     return alpha + s * d, torch.lerp(Mt, Mr, s.to(Mt.dtype))
 
 
+def _restart(
+    t_next: Tensor, Qd: Tensor, a: Tensor, new: Tensor, also: Tensor | None = None
+) -> Tensor:
+    """FISTA's next ``t`` after the gradient restart (O'Donoghue & Candès, in the metric): 1
+    for the tasks whose step ``y → new`` from ``a`` points uphill, ``⟨Q(new − y), a − new⟩ > 0``
+    (``Qd = Q(new − y)``), and for those in ``also``."""
+    up = (Qd * (a - new)).sum((1, 2)) > 0
+    if also is not None:
+        up = up | also
+    return torch.where(up.reshape(-1, 1, 1), torch.ones_like(t_next), t_next)
+
+
 def _momentum(t: Tensor, pgd: bool) -> tuple[Tensor, Tensor]:
     """FISTA's next ``t`` and the extrapolation weight ``(t − 1)/t_next`` (none for PGD)."""
     if pgd:
@@ -1008,22 +1024,14 @@ def _step_pass(
     """
     B, K, _ = Yn.shape
     p = rows.X.shape[2]
-    tiny = torch.finfo(Mt.dtype).tiny
     Mt_new = Mt.new_empty(B, K, p)
     My = torch.empty_like(Mt_new)
     nrm = Mt.new_empty(2 if at_new else 1, B, p)
     lam = lam1.to(Mt.dtype).unsqueeze(-1)
-    one = Mt.new_ones(())
 
-    # the per-chunk work is a few small ops whose overhead counts (32 chunks at 15-shot,
-    # p = 16000): 6 ops per chunk (the same as _scores in 9 took 1.4 times as long)
-    def shrunk(Mc: Tensor, out: Tensor) -> Tensor:  # BST(M) columns, their norms into out
-        nc = torch.sum(Mc * Mc, 1, out=out).clamp_min_(tiny).sqrt_()
-        return Mc * torch.addcdiv(one.expand_as(nc), lam, nc, value=-1.0).clamp_min_(0.0)[:, None]
-
-    def weights(Mc: Tensor, c: slice) -> Tensor:
-        W = shrunk(torch.lerp(Mt[:, :, c], Mc, w, out=My[:, :, c]), nrm[0, :, c])
-        return torch.cat([W, shrunk(Mc, nrm[1, :, c])], 1) if at_new else W
+    def weights(Mc: Tensor, c: slice) -> Tensor:  # per chunk (32 at 15-shot, p = 16000)
+        W = _shrunk(torch.lerp(Mt[:, :, c], Mc, w, out=My[:, :, c]), lam, nrm[0, :, c])
+        return torch.cat([W, _shrunk(Mc, lam, nrm[1, :, c])], 1) if at_new else W
 
     S = rows.left_then_right(Yn, weights, left=Mt_new).double() / lam2
     nrm = nrm.double()
@@ -1085,9 +1093,8 @@ def _adapt_scale(
 
 def _scores(rows: _Rows, Mt: Tensor, lam1: Tensor, lam2: float) -> tuple[Tensor, Tensor]:
     """Feature norms ``‖M_j‖`` (float64) and scores ``X Wᵀ`` (float64) for ``Mt`` (T, K, p)."""
-    nrm = column_norms(Mt)
-    shrink = 1.0 - lam1.to(Mt.dtype).unsqueeze(-1) / nrm
-    S = rows.right((Mt * shrink.clamp_min(0.0).unsqueeze(1)).transpose(1, 2))
+    nrm = Mt.new_empty(Mt.shape[0], Mt.shape[2])
+    S = rows.right(_shrunk(Mt, lam1.to(Mt.dtype).unsqueeze(-1), nrm).transpose(1, 2))
     return nrm.double(), S.double() / lam2
 
 

@@ -571,7 +571,8 @@ def _gram_from_forward(
     """``X diag(ω) Xᵀ`` (float64) as the forward's ``G_S = X_S X_Sᵀ`` plus a gathered update
     on the features whose weight differs from their weight in ``G_S`` (inactive ones in ``S``,
     those near the threshold, active ones outside ``S``), when those are fewer than
-    ``limit``; otherwise ``None`` (computing it directly is cheaper)."""
+    ``limit``; otherwise ``None`` (the update would cost more than it saves: the backward
+    then preconditions with ``G_S`` as it is)."""
     G, mask = gram
     base = torch.ones_like(omega) if mask is None else mask.to(omega.dtype)
     e = omega - base
