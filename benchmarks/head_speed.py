@@ -24,7 +24,7 @@ from collections.abc import Callable
 import torch
 
 from metasparse.heads.svm_cs import SVMCSHead
-from metasparse.solvers import lambda_max, solve_group_sparse_svm
+from metasparse.solvers import lambda_max, products, solve_group_sparse_svm
 from metasparse.solvers.pgd_baseline import pgd_group_sparse_svm
 from metasparse.utils import atomic_write_bytes
 
@@ -103,6 +103,12 @@ def run(args: argparse.Namespace) -> list[dict]:
                         logits = q @ W.transpose(1, 2)
                         used = float((W.detach().norm(dim=1) > 0).double().mean())
                         info = {"gap": float(gap.max()), "used": used, "iters": 5}
+                    elif method == MATMUL_ROW:
+                        products.ONEDNN = False  # every product of the solve through matmul
+                        try:
+                            return _info(_ours(s, q, labels, args.way, ratio))
+                        finally:
+                            products.ONEDNN = True  # the row exists only where it was on
                     else:
                         max_iter = int(method.split()[1]) if " it" in method else 5000
                         # our head uses no batched LU, so it may use more threads than qpth;
@@ -129,6 +135,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                 ]
                 if args.ours_threads > 1:
                     methods.append((f"ours (gap ≤ 1e-5), {args.ours_threads} threads", ratio))
+                if products.ONEDNN and products.applies(support):
+                    methods.append((MATMUL_ROW, ratio))
             times: dict[int, list[float]] = {i: [] for i in range(len(methods))}
             infos: dict[int, dict] = {}
             fns = [make(m, r) for m, r in methods]
@@ -183,8 +191,12 @@ def run(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+# our head with every product through torch.matmul (MKL on the CPU) instead of oneDNN
+# (metasparse.solvers.products): a row where oneDNN takes part, and a --compare variant
+MATMUL_ROW = "ours, torch.matmul products"
 VARIANTS = {
     "vmfista, rank 8 (default)": {"method": "vmfista", "rank": 8},
+    "vmfista, torch.matmul products": {"method": "vmfista", "onednn": False},
     "vmfista, fixed metric scale": {"method": "vmfista", "adaptive": False},
     "vmfista, no ridge start": {"method": "vmfista", "ridge_start": 0},
     "vmfista, rank 2": {"method": "vmfista", "rank": 2},
@@ -211,7 +223,12 @@ def compare_solvers(args: argparse.Namespace) -> str:
                         s = support.clone().requires_grad_(True)
 
                         def call(s=s, opts=opts, ratio=ratio, labels=labels, query=query) -> dict:
-                            return _info(_ours(s, query, labels, args.way, ratio, **opts))
+                            opts, prev = dict(opts), products.ONEDNN
+                            products.ONEDNN = prev and opts.pop("onednn", True)
+                            try:
+                                return _info(_ours(s, query, labels, args.way, ratio, **opts))
+                            finally:
+                                products.ONEDNN = prev
 
                         ms, infos[name] = _timed(call, args.device)
                         if rep > 0:

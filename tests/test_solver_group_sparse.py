@@ -350,9 +350,9 @@ def test_task_subsets_by_views_match_copies():
     assert rows.ids == [2, 3]
     Xs = X[[2, 3]]
     A = torch.randn(2, 4, 6, dtype=torch.float64)
-    B = torch.randn(2, 40, 4, dtype=torch.float64)
+    W = torch.randn(2, 4, 40, dtype=torch.float64)
     torch.testing.assert_close(rows.left(A), A @ Xs)
-    torch.testing.assert_close(rows.right(B), Xs @ B)
+    torch.testing.assert_close(rows.right(W), Xs @ W.transpose(1, 2))
     torch.testing.assert_close(rows.gram(), Xs @ Xs.transpose(1, 2))
     idx, valid = _padded_index(torch.rand(2, 40, generator=g) < 0.3)
     ref = Xs.gather(2, idx.unsqueeze(1).expand(-1, 6, -1)) * valid.unsqueeze(1)

@@ -39,6 +39,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from metasparse.solvers import products
+
 OptimalityFn = Callable[..., Tensor]
 _SOLVES = ("dense", "cg", "gmres")
 # Relative residual of the SVM backward's CG. float32: 1e-5 changes the gradient by ≤ 4e-5
@@ -508,7 +510,7 @@ def _svm_structure(
         "i_s": i_s,
         "k_s": k_s,
         "X": X,
-        "Mt": (Y - alpha).to(X.dtype).transpose(1, 2) @ X if Mt is None else Mt,  # (T, K, p)
+        "Mt": products.left((Y - alpha).to(X.dtype).transpose(1, 2), X) if Mt is None else Mt,
         "lam1": lam1,
         "tau": float(tau),
     }
@@ -688,7 +690,7 @@ def _svm_backward_cg(
     f64 = torch.float64
     R = (Y - alpha).to(dt)
     if Mt is None:
-        Mt = R.transpose(1, 2) @ X  # (T, K, p)
+        Mt = products.left(R.transpose(1, 2), X)  # (T, K, p)
     safe = column_norms(Mt)  # (T, p), floored at tiny
     lam = lam1.to(dt).unsqueeze(-1)
     act = safe > lam
@@ -726,7 +728,7 @@ def _svm_backward_cg(
     # the weights' direct path: M̄ = J W̄/λ2 (its pass over X is shared with the face's below)
     Mbar = None if grad_weights is None else jac(grad_weights.to(dt)) / lam2
     K = Bt.shape[1]
-    XB = X @ (Bt if Mbar is None else torch.cat([Bt, Mbar], 1)).transpose(1, 2)
+    XB = products.right(X, Bt if Mbar is None else torch.cat([Bt, Mbar], 1))
     grad = _gradient_from_scores(XB[..., :K].to(f64) / lam2, alpha, Y, tau)  # ∇D(α)
     m = _face_from_gradient(alpha.to(f64), grad).to(f64)  # (T, n, K)
     size = m.sum(-1, keepdim=True).clamp_min(1.0)
@@ -765,7 +767,7 @@ def _svm_backward_cg(
         precond = _face_preconditioner(Gw.to(f64) / lam2, m, tau)
         x = _pcg(matvec, precond, b, CG_TOL.get(dt, 1e-6), maxiter, tau)
     u = proj(x).to(dt) / lam2
-    JQ = jac(u.transpose(1, 2) @ X)  # J[Xᵀu]/λ2
+    JQ = jac(products.left(u.transpose(1, 2), X))  # J[Xᵀu]/λ2
     if Mbar is not None:
         JQ = JQ + Mbar
     gX = torch.cat([u, R], -1) @ torch.cat([Bt, JQ], 1)  # one (n × p) output
@@ -826,7 +828,7 @@ class _SVMWeights(torch.autograd.Function):
 
         lam2, _ = hp
         if Mt is None:
-            Mt = (Y - alpha).transpose(1, 2) @ X.detach()  # (T, K, p): the fast layout
+            Mt = products.left((Y - alpha).transpose(1, 2), X.detach())  # (T, K, p)
         ctx.save_for_backward(X, alpha, Y, lam1, Mt, gram, gram_mask)  # spare backward passes
         ctx.hp = hp
         return weights_from_m(Mt, lam1, lam2)
