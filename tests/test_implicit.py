@@ -102,6 +102,44 @@ def test_custom_root_ridge_with_cg_matches_closed_form():
     assert torch.allclose(g, g_ref, rtol=1e-7, atol=1e-9)
 
 
+@pytest.mark.parametrize("solve", ["cg", "gmres"])
+def test_iterative_solves_warn_when_out_of_steps(solve):
+    # (XᵀX + λ2 I) u = g by CG / GMRES: certified quietly with the default budget, and with one
+    # step a warning that names the residual reached (the gradient is then approximate)
+    import warnings
+
+    from metasparse.solvers.implicit import solve_transposed
+
+    X, _ = _problem(seed=4, p=8)
+    z = torch.randn(2, 8, 1, dtype=X.dtype, requires_grad=True)
+    F = X.transpose(1, 2) @ (X @ z) + 0.3 * z
+    g = torch.randn(2, 8, 1, dtype=X.dtype)
+    A = X.transpose(1, 2) @ X + 0.3 * torch.eye(8, dtype=X.dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        u = solve_transposed(F, z, g, solve=solve)
+    torch.testing.assert_close(A @ u, g, rtol=1e-8, atol=1e-8)
+    with pytest.warns(RuntimeWarning, match=rf"{solve} stopped after 1 steps at relative resid"):
+        solve_transposed(F, z, g, solve=solve, maxiter=1)
+
+
+def test_pcg_matches_a_direct_solve_with_and_without_a_preconditioner():
+    from metasparse.solvers.implicit import _pcg
+
+    g = torch.Generator().manual_seed(5)
+    B = torch.randn(3, 10, 10, generator=g, dtype=torch.float64)
+    A = B @ B.mT + 0.1 * torch.eye(10, dtype=torch.float64)
+    b = torch.randn(3, 10, 2, generator=g, dtype=torch.float64)  # (T, n, K) vectors
+    ref = torch.linalg.solve(A.unsqueeze(1), b.mT.unsqueeze(-1)).squeeze(-1).mT
+    jacobi = A.diagonal(dim1=1, dim2=2).unsqueeze(-1)
+    for precond in (None, lambda r: r / jacobi):
+        x, res = _pcg(lambda v: A @ v, b, 1e-10, 100, precond)
+        assert res == 0.0
+        torch.testing.assert_close(x, ref, rtol=1e-7, atol=1e-8)
+    x, res = _pcg(lambda v: A @ v, b, 1e-10, 2)
+    assert res > 1e-10  # out of steps: the residual it reached comes back
+
+
 def test_bad_arguments_raise():
     z = torch.zeros(2, 3)
     with pytest.raises(ValueError, match="solve must be one of"):

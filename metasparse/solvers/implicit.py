@@ -136,85 +136,56 @@ def _bshape(v: Tensor, like: Tensor) -> Tensor:
     return v.reshape(-1, *([1] * (like.dim() - 1)))
 
 
-def _cg(
-    matvec: Callable[[Tensor], Tensor], b: Tensor, tol: float, maxiter: int
-) -> tuple[Tensor, int]:
-    """Batched conjugate gradient for symmetric positive-definite systems (one per task)."""
-    x = torch.zeros_like(b)
-    r = b.clone()
-    p = r.clone()
-    rs = _bdot(r, r)
-    stop = (tol**2) * _bdot(b, b).clamp_min(torch.finfo(b.dtype).tiny)
-    it = 0
-    for it in range(1, maxiter + 1):  # noqa: B007
-        if bool((rs <= stop).all()):
-            break
-        Ap = matvec(p)
-        pAp = _bdot(p, Ap)
-        alpha = torch.where(rs > stop, rs / pAp.clamp_min(torch.finfo(b.dtype).tiny), 0.0)
-        x = x + _bshape(alpha, x) * p
-        r = r - _bshape(alpha, r) * Ap
-        rs_new = _bdot(r, r)
-        beta = torch.where(rs > stop, rs_new / rs.clamp_min(torch.finfo(b.dtype).tiny), 0.0)
-        p = r + _bshape(beta, p) * p
-        rs = rs_new
-    return x, it
-
-
 def _pcg(
     matvec: Callable[[Tensor], Tensor],
-    precond: Callable[[Tensor], Tensor],
     b: Tensor,
     tol: float,
     maxiter: int,
-    tau: float,
-) -> Tensor:
-    """Preconditioned CG per task on (T, n, K) vectors, to relative residual ``tol``; warns
-    (naming ``tau``) when it has taken ``maxiter`` steps without stopping. Unlike :func:`_cg`
-    it keeps stepping every task until all have converged (the SVM backward's choice). A task
-    whose curvature ``⟨p, A p⟩`` or ``⟨r, M⁻¹ r⟩`` is no longer positive stops where it is:
-    that happens when ``b`` is round-off, e.g. the gradient of a loss that depends on the
-    weights only through ``Σ_k W_k`` (identically 0), where going on overflowed to NaN."""
+    precond: Callable[[Tensor], Tensor] | None = None,
+) -> tuple[Tensor, float]:
+    """Batched (preconditioned) CG for symmetric positive-definite systems, one per task of
+    the (T, ...) ``b``, to relative residual ``tol``. Returns ``x`` and the largest relative
+    residual reached (above ``tol`` when ``maxiter`` steps did not suffice: callers warn).
+
+    Every task keeps stepping until all have converged (extra accuracy for the early ones,
+    no masks). A task whose curvature ``⟨p, A p⟩`` or ``⟨r, M⁻¹ r⟩`` is no longer positive
+    stops where it is: that happens when ``b`` is round-off, e.g. the gradient of a loss that
+    depends on the SVM weights only through ``Σ_k W_k`` (identically 0), where going on
+    overflowed to NaN."""
     T = b.shape[0]
-    # x₀ = 0: the first CG step then takes the best multiple of precond(b), at no pass over X
-    # (x₀ = precond(b) would cost a Hessian product for a worse start)
+    # x₀ = 0: the first step then takes the best multiple of precond(b), at no product
+    # (x₀ = precond(b) would cost one for a worse start)
     x = torch.zeros_like(b)
     r = b
-    z = precond(r)
+    z = r if precond is None else precond(r)
     p = z
-    rz = (r * z).sum((1, 2))
-    bn = b.flatten(1).norm(dim=-1).clamp_min(1e-300)
+    rz = _bdot(r, z)
+    bn = b.reshape(T, -1).norm(dim=-1).clamp_min(1e-300)
     stopped = torch.zeros(T, dtype=torch.bool, device=b.device)
     for _ in range(maxiter):
-        go = (r.flatten(1).norm(dim=-1) > tol * bn) & ~stopped
+        go = (r.reshape(T, -1).norm(dim=-1) > tol * bn) & ~stopped
         if not bool(go.any()):
-            return x
+            return x, 0.0
         Ap = matvec(p)
-        pAp = (p * Ap).sum((1, 2))
+        pAp = _bdot(p, Ap)
         ok = ~stopped & (pAp > 0) & (rz > 0)
         stopped |= ~ok
-        step = torch.where(ok, rz / pAp.clamp_min(1e-300), 0.0).reshape(T, 1, 1)
+        step = _bshape(torch.where(ok, rz / pAp.clamp_min(1e-300), 0.0), b)
         x = x + step * p
         r = r - step * Ap
-        z = precond(r)
-        rz_new = (r * z).sum((1, 2))
-        p = z + torch.where(ok, rz_new / rz.clamp_min(1e-300), 0.0).reshape(T, 1, 1) * p
+        z = r if precond is None else precond(r)
+        rz_new = _bdot(r, z)
+        p = z + _bshape(torch.where(ok, rz_new / rz.clamp_min(1e-300), 0.0), b) * p
         rz = rz_new
-    res = float((r.flatten(1).norm(dim=-1) / bn).max())
-    warnings.warn(
-        f"group-sparse SVM backward: CG stopped after {maxiter} steps at relative residual "
-        f"{res:.1e} > {tol:.0e}; the gradient is approximate (tau = {tau:g} near 0 makes "
-        "the implicit system ill-conditioned: raise tau)",
-        RuntimeWarning,
-        stacklevel=3,  # where _svm_backward_cg is called, as before
-    )
-    return x
+    res = r.reshape(T, -1).norm(dim=-1) / bn
+    return x, float(res[~stopped].max()) if bool((~stopped).any()) else 0.0
 
 
 def _gmres(
     matvec: Callable[[Tensor], Tensor], b: Tensor, tol: float, maxiter: int, restart: int
-) -> tuple[Tensor, int]:
-    """Batched restarted GMRES (one Krylov basis per task, least squares on the Hessenberg)."""
+) -> tuple[Tensor, float]:
+    """Batched restarted GMRES (one Krylov basis per task, least squares on the Hessenberg).
+    Returns ``x`` and the largest relative residual (0 when every task reached ``tol``)."""
     T = b.shape[0]
     shape = b.shape
     x = torch.zeros_like(b)
@@ -224,7 +195,7 @@ def _gmres(
         r = b - matvec(x)
         beta = _bdot(r, r).sqrt()
         if bool((beta <= tol * bnorm).all()):
-            break
+            return x, 0.0
         k_max = min(restart, maxiter - total)
         V = [r / _bshape(beta.clamp_min(torch.finfo(b.dtype).tiny), r)]
         H = torch.zeros(T, k_max + 1, k_max, dtype=b.dtype, device=b.device)
@@ -247,7 +218,9 @@ def _gmres(
         y = torch.linalg.lstsq(H[:, : k_used + 1, :k_used], e1).solution.squeeze(-1)
         Vm = torch.stack(V[:k_used], dim=1).reshape(T, k_used, -1)
         x = x + (y.unsqueeze(1) @ Vm).reshape(shape)
-    return x, total
+    r = b - matvec(x)  # out of steps: one more product for the residual it reached
+    res = float((_bdot(r, r).sqrt() / bnorm).max())
+    return x, 0.0 if res <= tol else res
 
 
 def solve_transposed(
@@ -282,9 +255,17 @@ def solve_transposed(
 
         rhs = g * am
     if solve == "cg":
-        u, _ = _cg(matvec, rhs, tol, maxiter)
+        u, res = _pcg(matvec, rhs, tol, maxiter)
     else:
-        u, _ = _gmres(matvec, rhs, tol, maxiter, restart)
+        u, res = _gmres(matvec, rhs, tol, maxiter, restart)
+    if res > tol:
+        warnings.warn(
+            f"implicit differentiation: {solve} stopped after {maxiter} steps at relative "
+            f"residual {res:.1e} > {tol:.0e}; the gradient is approximate (raise maxiter, or "
+            "use solve='dense')",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return u if active is None else u * active.to(u.dtype)
 
 
@@ -765,7 +746,16 @@ def _svm_backward_cg(
             Gw = _gram_from_forward(X_all, omega_all, gram, limit)
             Gw = gram[0] if Gw is None else Gw
         precond = _face_preconditioner(Gw.to(f64) / lam2, m, tau)
-        x = _pcg(matvec, precond, b, CG_TOL.get(dt, 1e-6), maxiter, tau)
+        tol = CG_TOL.get(dt, 1e-6)
+        x, res = _pcg(matvec, b, tol, maxiter, precond)
+        if res > tol:
+            warnings.warn(
+                f"group-sparse SVM backward: CG stopped after {maxiter} steps at relative "
+                f"residual {res:.1e} > {tol:.0e}; the gradient is approximate (tau = {tau:g} "
+                "near 0 makes the implicit system ill-conditioned: raise tau)",
+                RuntimeWarning,
+                stacklevel=2,  # where _svm_backward_cg is called
+            )
     u = proj(x).to(dt) / lam2
     JQ = jac(products.left(u.transpose(1, 2), X))  # J[Xᵀu]/λ2
     if Mbar is not None:
