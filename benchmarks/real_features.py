@@ -6,8 +6,14 @@ real image statistics, no training run needed. Each batch of episodes is solved 
 certified gap with ``adaptive=False`` and ``adaptive=True``, alternately (forward only), and the
 table reports iterations, the fastest of the repeats and the gaps reached.
 
+With ``--vs-qpth``, each batch is instead timed forward+backward (of ``‖logits‖²`` on the
+episode's own query features) for our head, certified at 1e-5, and for the qpth SVM-CS head
+(the λ1 = 0 problem, as in ``head_speed.py``), alternately, and the table reports the ratio.
+
     python benchmarks/real_features.py --root ../shared/data/miniimagenet
     python benchmarks/real_features.py --backbones conv4 --shots 1 --batches 1 --tasks 2
+    python benchmarks/real_features.py --vs-qpth --backbones resnet12 --shots 5 15 \
+        --ratios 0.01 0.1 0.5 --batches 1
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from metasparse.data.episodes import episode_loader
 from metasparse.solvers import solve_group_sparse_svm
 
 REPO = Path(__file__).resolve().parents[1]
+LAM2 = 1000.0  # λ2 and τ = 1/λ2 as in head_speed.py (the solver's defaults)
 
 
 def _solve(feats: torch.Tensor, labels: torch.Tensor, way: int, ratio: float, adaptive: bool):
@@ -73,6 +80,70 @@ def run(args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _ours_fb(s: torch.Tensor, q: torch.Tensor, labels: torch.Tensor, way: int, ratio: float):
+    """Forward+backward of our head (certified at 1e-5) on support ``s`` and query ``q``."""
+    sg = s.detach().requires_grad_(True)
+    t0 = time.perf_counter()
+    res = solve_group_sparse_svm(
+        sg, labels, way, lam_ratio=ratio, lam2=LAM2, tau=1.0 / LAM2, tol=1e-5
+    )
+    (q @ res.weights.transpose(1, 2)).square().sum().backward()
+    return (time.perf_counter() - t0) * 1e3, res
+
+
+def _qpth_fb(qp, s: torch.Tensor, q: torch.Tensor, labels: torch.Tensor, way: int):
+    """Forward+backward of the qpth SVM-CS head; returns the time and its certified gap."""
+    sg, qg = s.detach().requires_grad_(True), q.detach().requires_grad_(True)
+    t0 = time.perf_counter()
+    logits, st = qp(qg, sg, labels, way)
+    logits.square().sum().backward()
+    return (time.perf_counter() - t0) * 1e3, float(st["qp_rel_gap"])
+
+
+def vs_qpth(args: argparse.Namespace) -> str:
+    """Markdown table: fwd+bwd of our head against qpth's on the same real episodes."""
+    from metasparse.heads.svm_cs import SVMCSHead
+
+    torch.set_num_threads(args.threads)
+    data = build_dataset("miniimagenet", "test", root=args.root)
+    qp = SVMCSHead(C_reg=1.0 / LAM2, jitter=1.0, learn_scale=False)
+    lines = [
+        "| backbone | p | shot | batch | λ1/λ_max | features used | iterations (mean/max) | "
+        "ours ms | qpth ms | × qpth | max gap ours, qpth |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---|",
+    ]
+    for name in args.backbones:
+        torch.manual_seed(args.seed)
+        backbone = build_backbone(name).eval()
+        for shot in args.shots:
+            loader = episode_loader(data, args.way, shot, 15, args.tasks, args.batches, args.seed)
+            for b, batch in enumerate(loader):
+                with torch.no_grad():
+                    s, q = (
+                        backbone(batch[k].flatten(0, 1)).flatten(1).reshape(*batch[k].shape[:2], -1)
+                        for k in ("support", "query")
+                    )
+                labels = batch["support_labels"]
+
+                _qpth_fb(qp, s, q, labels, args.way)  # warm-up
+                for ratio in args.ratios:
+                    mine, theirs = [], []
+                    for _ in range(args.repeats):
+                        ms, res = _ours_fb(s, q, labels, args.way, ratio)
+                        mine.append(ms)
+                        ms, qgap = _qpth_fb(qp, s, q, labels, args.way)
+                        theirs.append(ms)
+                    m, t = min(mine), min(theirs)
+                    lines.append(
+                        f"| {name} | {s.shape[-1]} | {shot} | {b} | {ratio:g} | "
+                        f"{res.features_used.mean():.3f} | {res.iterations.double().mean():.1f}/"
+                        f"{int(res.iterations.max())} | {m:.0f} | {t:.0f} | {m / t:.2f} | "
+                        f"{res.gap.max():.1e}, {qgap:.1e} |"
+                    )
+                    print(lines[-1], flush=True)
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     """Parse arguments, run, print the table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -87,8 +158,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument(
+        "--vs-qpth",
+        action="store_true",
+        help="time fwd+bwd of our head (default settings) against the qpth SVM-CS head instead",
+    )
     args = ap.parse_args()
-    print(run(args))
+    print(vs_qpth(args) if args.vs_qpth else run(args))
 
 
 if __name__ == "__main__":
