@@ -40,43 +40,54 @@ def _solve(feats: torch.Tensor, labels: torch.Tensor, way: int, ratio: float, ad
     return (time.perf_counter() - t0) * 1e3, res
 
 
+def _embedded(args: argparse.Namespace, n_query: int):
+    """Every batch of test episodes, embedded: ``(backbone, shot, batch index, support
+    features, query features, support labels)``, the features (tasks, n, p)."""
+    data = build_dataset("miniimagenet", "test", root=args.root)
+    for name in args.backbones:
+        torch.manual_seed(args.seed)
+        backbone = build_backbone(name).eval()
+        for shot in args.shots:
+            loader = episode_loader(
+                data, args.way, shot, n_query, args.tasks, args.batches, args.seed
+            )
+            for b, batch in enumerate(loader):
+                with torch.no_grad():
+                    s, q = (
+                        backbone(batch[k].flatten(0, 1)).flatten(1).reshape(*batch[k].shape[:2], -1)
+                        for k in ("support", "query")
+                    )
+                yield name, shot, b, s, q, batch["support_labels"]
+
+
 def run(args: argparse.Namespace) -> str:
     """Markdown table: one row per (backbone, shot, batch, λ1/λ_max)."""
     torch.set_num_threads(args.threads)
-    data = build_dataset("miniimagenet", "test", root=args.root)
     lines = [
         "| backbone | p | shot | batch | λ1/λ_max | features used | iterations fixed → adaptive "
         "(mean/max) | forward ms fixed → adaptive | max gap fixed, adaptive |",
         "|---|---:|---:|---:|---:|---:|---|---|---|",
     ]
-    for name in args.backbones:
-        torch.manual_seed(args.seed)
-        backbone = build_backbone(name).eval()
-        for shot in args.shots:
-            loader = episode_loader(data, args.way, shot, 1, args.tasks, args.batches, args.seed)
-            for b, batch in enumerate(loader):
-                x, labels = batch["support"], batch["support_labels"]
-                with torch.no_grad():
-                    feats = backbone(x.flatten(0, 1)).flatten(1).reshape(*x.shape[:2], -1)
-                for ratio in args.ratios:
-                    times: dict[bool, list[float]] = {False: [], True: []}
-                    out = {}
-                    for _ in range(args.repeats):
-                        for adaptive in (False, True):
-                            ms, out[adaptive] = _solve(feats, labels, args.way, ratio, adaptive)
-                            times[adaptive].append(ms)
-                    f, a = out[False], out[True]
+    for name, shot, b, feats, _, labels in _embedded(args, 1):
+        for ratio in args.ratios:
+            times: dict[bool, list[float]] = {False: [], True: []}
+            out = {}
+            for _ in range(args.repeats):
+                for adaptive in (False, True):
+                    ms, out[adaptive] = _solve(feats, labels, args.way, ratio, adaptive)
+                    times[adaptive].append(ms)
+            f, a = out[False], out[True]
 
-                    def its(r) -> str:
-                        return f"{r.iterations.double().mean():.1f}/{int(r.iterations.max())}"
+            def its(r) -> str:
+                return f"{r.iterations.double().mean():.1f}/{int(r.iterations.max())}"
 
-                    lines.append(
-                        f"| {name} | {feats.shape[-1]} | {shot} | {b} | {ratio:g} | "
-                        f"{a.features_used.mean():.3f} | {its(f)} → {its(a)} | "
-                        f"{min(times[False]):.0f} → {min(times[True]):.0f} | "
-                        f"{f.gap.max():.1e}, {a.gap.max():.1e} |"
-                    )
-                    print(lines[-1], flush=True)
+            lines.append(
+                f"| {name} | {feats.shape[-1]} | {shot} | {b} | {ratio:g} | "
+                f"{a.features_used.mean():.3f} | {its(f)} → {its(a)} | "
+                f"{min(times[False]):.0f} → {min(times[True]):.0f} | "
+                f"{f.gap.max():.1e}, {a.gap.max():.1e} |"
+            )
+            print(lines[-1], flush=True)
     return "\n".join(lines) + "\n"
 
 
@@ -105,42 +116,29 @@ def vs_qpth(args: argparse.Namespace) -> str:
     from metasparse.heads.svm_cs import SVMCSHead
 
     torch.set_num_threads(args.threads)
-    data = build_dataset("miniimagenet", "test", root=args.root)
     qp = SVMCSHead(C_reg=1.0 / LAM2, jitter=1.0, learn_scale=False)
     lines = [
         "| backbone | p | shot | batch | λ1/λ_max | features used | iterations (mean/max) | "
         "ours ms | qpth ms | × qpth | max gap ours, qpth |",
         "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---|",
     ]
-    for name in args.backbones:
-        torch.manual_seed(args.seed)
-        backbone = build_backbone(name).eval()
-        for shot in args.shots:
-            loader = episode_loader(data, args.way, shot, 15, args.tasks, args.batches, args.seed)
-            for b, batch in enumerate(loader):
-                with torch.no_grad():
-                    s, q = (
-                        backbone(batch[k].flatten(0, 1)).flatten(1).reshape(*batch[k].shape[:2], -1)
-                        for k in ("support", "query")
-                    )
-                labels = batch["support_labels"]
-
-                _qpth_fb(qp, s, q, labels, args.way)  # warm-up
-                for ratio in args.ratios:
-                    mine, theirs = [], []
-                    for _ in range(args.repeats):
-                        ms, res = _ours_fb(s, q, labels, args.way, ratio)
-                        mine.append(ms)
-                        ms, qgap = _qpth_fb(qp, s, q, labels, args.way)
-                        theirs.append(ms)
-                    m, t = min(mine), min(theirs)
-                    lines.append(
-                        f"| {name} | {s.shape[-1]} | {shot} | {b} | {ratio:g} | "
-                        f"{res.features_used.mean():.3f} | {res.iterations.double().mean():.1f}/"
-                        f"{int(res.iterations.max())} | {m:.0f} | {t:.0f} | {m / t:.2f} | "
-                        f"{res.gap.max():.1e}, {qgap:.1e} |"
-                    )
-                    print(lines[-1], flush=True)
+    for name, shot, b, s, q, labels in _embedded(args, 15):
+        _qpth_fb(qp, s, q, labels, args.way)  # warm-up
+        for ratio in args.ratios:
+            mine, theirs = [], []
+            for _ in range(args.repeats):
+                ms, res = _ours_fb(s, q, labels, args.way, ratio)
+                mine.append(ms)
+                ms, qgap = _qpth_fb(qp, s, q, labels, args.way)
+                theirs.append(ms)
+            m, t = min(mine), min(theirs)
+            lines.append(
+                f"| {name} | {s.shape[-1]} | {shot} | {b} | {ratio:g} | "
+                f"{res.features_used.mean():.3f} | {res.iterations.double().mean():.1f}/"
+                f"{int(res.iterations.max())} | {m:.0f} | {t:.0f} | {m / t:.2f} | "
+                f"{res.gap.max():.1e}, {qgap:.1e} |"
+            )
+            print(lines[-1], flush=True)
     return "\n".join(lines) + "\n"
 
 

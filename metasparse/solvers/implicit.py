@@ -181,6 +181,17 @@ def _pcg(
     return x, float(res[~stopped].max()) if bool((~stopped).any()) else 0.0
 
 
+def _warn_unconverged(what: str, maxiter: int, res: float, tol: float, advice: str) -> None:
+    """Warn, at the caller of the function that calls this, that an iterative solve for a
+    gradient ran out of steps."""
+    warnings.warn(
+        f"{what} stopped after {maxiter} steps at relative residual {res:.1e} > {tol:.0e}; "
+        f"the gradient is approximate ({advice})",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
 def _gmres(
     matvec: Callable[[Tensor], Tensor], b: Tensor, tol: float, maxiter: int, restart: int
 ) -> tuple[Tensor, float]:
@@ -259,13 +270,8 @@ def solve_transposed(
     else:
         u, res = _gmres(matvec, rhs, tol, maxiter, restart)
     if res > tol:
-        warnings.warn(
-            f"implicit differentiation: {solve} stopped after {maxiter} steps at relative "
-            f"residual {res:.1e} > {tol:.0e}; the gradient is approximate (raise maxiter, or "
-            "use solve='dense')",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+        advice = "raise maxiter, or use solve='dense'"
+        _warn_unconverged(f"implicit differentiation: {solve}", maxiter, res, tol, advice)
     return u if active is None else u * active.to(u.dtype)
 
 
@@ -749,13 +755,8 @@ def _svm_backward_cg(
         tol = CG_TOL.get(dt, 1e-6)
         x, res = _pcg(matvec, b, tol, maxiter, precond)
         if res > tol:
-            warnings.warn(
-                f"group-sparse SVM backward: CG stopped after {maxiter} steps at relative "
-                f"residual {res:.1e} > {tol:.0e}; the gradient is approximate (tau = {tau:g} "
-                "near 0 makes the implicit system ill-conditioned: raise tau)",
-                RuntimeWarning,
-                stacklevel=2,  # where _svm_backward_cg is called
-            )
+            advice = f"tau = {tau:g} near 0 makes the implicit system ill-conditioned: raise tau"
+            _warn_unconverged("group-sparse SVM backward: CG", maxiter, res, tol, advice)
     u = proj(x).to(dt) / lam2
     JQ = jac(products.left(u.transpose(1, 2), X))  # J[Xᵀu]/λ2
     if Mbar is not None:
