@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from metasparse.solvers import products, solve_group_sparse_svm
-from metasparse.solvers.group_sparse_svm import _Rows, left_then_right
+from metasparse.solvers.group_sparse_svm import _Rows
+from metasparse.solvers.products import left_then_right
 
 
 def _onednn_or_skip() -> None:
@@ -97,9 +98,7 @@ def test_a_missing_or_failing_op_falls_back_to_matmul_with_one_warning(monkeypat
 
 
 def test_rows_and_fused_passes_run_whole_through_onednn(everywhere, monkeypatch):
-    from metasparse.solvers import group_sparse_svm as gss
-
-    monkeypatch.setattr(gss, "_FUSE_BYTES", 0)  # X would be chunked without oneDNN
+    monkeypatch.setattr(products, "_FUSE_BYTES", 0)  # X would be chunked without oneDNN
     X, A, _ = _data(p=2000)
     seen = []
 
@@ -108,7 +107,7 @@ def test_rows_and_fused_passes_run_whole_through_onednn(everywhere, monkeypatch)
         return 2.0 * M
 
     left = torch.empty(3, 4, 2000)
-    out = left_then_right(X, A, fn, left=left)
+    out = left_then_right(X, A, fn, out_left=left)
     assert seen == [slice(None)]  # one whole map, no chunks
     torch.testing.assert_close(left, A @ X)
     torch.testing.assert_close(out, X @ (2.0 * (A @ X)).mT, rtol=1e-4, atol=1e-4)

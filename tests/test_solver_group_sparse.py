@@ -13,6 +13,7 @@ from metasparse.solvers import (
     GroupSparseSVMSolver,
     lambda_max,
     objectives,
+    products,
     solve_group_sparse_svm,
 )
 
@@ -668,13 +669,13 @@ def test_left_then_right_in_chunks_matches_the_two_products(p, monkeypatch):
     # result and the stored left product are those of the two whole products
     import metasparse.solvers.group_sparse_svm as gs
 
-    monkeypatch.setattr(gs, "_FUSE_BYTES", 0)
-    monkeypatch.setattr(gs, "_CHUNK_BYTES", 3 * 6 * 128 * 8)  # 128 features per chunk
+    monkeypatch.setattr(products, "_FUSE_BYTES", 0)
+    monkeypatch.setattr(products, "_CHUNK_BYTES", 3 * 6 * 128 * 8)  # 128 features per chunk
     g = torch.Generator().manual_seed(5)
     X = torch.randn(3, 6, p, generator=g, dtype=torch.float64)
     # chunks on one thread only (never set_num_threads here: qpth's batched LU breaks after it)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    assert gs._fuse_chunk(X) is None
+    assert products._fuse_chunk(X) is None
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     A = torch.randn(3, 4, 6, generator=g, dtype=torch.float64)
     w = torch.rand(3, 1, p, generator=g, dtype=torch.float64)
@@ -684,9 +685,9 @@ def test_left_then_right_in_chunks_matches_the_two_products(p, monkeypatch):
         seen.append((c.start, c.stop))
         return torch.cat([M * w[:, :, c], M.square()], 1)  # (3, 8, |c|): per feature
 
-    assert gs._fuse_chunk(X) == 128
+    assert products._fuse_chunk(X) == 128
     left = torch.empty(3, 4, p, dtype=torch.float64)
-    out = gs.left_then_right(X, A, fn, left=left)
+    out = products.left_then_right(X, A, fn, out_left=left)
     M = A @ X
     torch.testing.assert_close(left, M)
     torch.testing.assert_close(out, X @ torch.cat([M * w, M.square()], 1).transpose(1, 2))
@@ -731,8 +732,8 @@ def test_fused_solver_steps_take_the_same_path(check_every, monkeypatch):
         return out
 
     monkeypatch.setattr(gs, "_step_pass", spy)
-    monkeypatch.setattr(gs, "_FUSE_BYTES", 0)
-    monkeypatch.setattr(gs, "_CHUNK_BYTES", 3 * 20 * 128 * 8)
+    monkeypatch.setattr(products, "_FUSE_BYTES", 0)
+    monkeypatch.setattr(products, "_CHUNK_BYTES", 3 * 20 * 128 * 8)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # the chunks' condition
     fused = GroupSparseSVMSolver(**kw).run(X, Y, lam1)
     # every certificate (at y and at α alike) on the same primal values

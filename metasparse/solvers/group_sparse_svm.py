@@ -21,7 +21,6 @@ differentiated through, as in the paper's code).
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -246,59 +245,6 @@ def _m_at_zero(X: Tensor, Y: Tensor, tau: float) -> Tensor:
 # --------------------------------------------------------------------------------------------
 
 
-# left_then_right chunks X when it is larger than _FUSE_BYTES (a server's last-level cache:
-# smaller, the second product reads X from there anyway), in chunks of about _CHUNK_BYTES,
-# which stay in cache between the two products. 8 tasks, 5-way, X (Y − α)-product then a
-# per-feature map then the X-product, ms: 15-shot p = 16000 (X: 38 MB) 15.0 whole, 10.4 in
-# chunks of 512 features (1.2 MB), 11.7 / 13.0 at 1024 / 2048. Smaller X gained little or lost
-# (whole solves, fwd+bwd: 15-shot p = 2560 (6 MB) 1.07-1.09×, 5-shot p = 16000 (13 MB) 1.0×).
-# On more than one thread the whole products run in parallel and each small op of a chunk pays
-# a thread synchronisation: on 2 threads a fused FISTA step took 15.5 ms, the whole products
-# 7.4 ms (one thread: 11.3 fused, 13.6 whole), so the chunks run on one thread only.
-_FUSE_BYTES = 32e6
-_CHUNK_BYTES = 1.4e6
-
-
-def _fuse_chunk(X: Tensor) -> int | None:
-    """The feature chunk :func:`left_then_right` uses for ``X`` (B, n, p); None: no chunks."""
-    B, n, p = X.shape
-    chunk = 1 << max(7, round(math.log2(_CHUNK_BYTES / max(B * n * X.element_size(), 1))))
-    if X.device.type != "cpu" or X.nbytes <= _FUSE_BYTES or p <= 2 * chunk:
-        return None
-    if torch.get_num_threads() > 1:  # see _FUSE_BYTES
-        return None
-    return chunk
-
-
-def left_then_right(
-    X: Tensor, A: Tensor, fn: Callable[[Tensor, slice], Tensor], left: Tensor | None = None
-) -> Tensor:
-    """``X fn(A X)ᵀ`` (B, n, m) for ``X`` (B, n, p), ``A`` (B, k, n) and a map ``fn`` that acts
-    feature by feature: ``fn(A X[:, :, c], c)`` returns the (B, m, |c|) columns ``c``. With
-    ``left`` (B, k, p), ``A X`` is also written there.
-
-    Both products of a solver step (or of a Hessian product) read all of ``X``; they are thin
-    (k, m ≤ 2K), so each costs several times ``X``'s memory traffic. On the CPU they run chunk
-    by chunk over the features, so that the second reads its chunk of ``X`` from cache (about
-    30% less time at 15-shot, p = 16000; see ``_CHUNK_BYTES``). Other devices, an ``X`` that
-    fits in the last-level cache, and tasks large enough for oneDNN's products
-    (:mod:`.products`, faster whole than MKL's in chunks: 15-shot p = 16000, fwd+bwd 0.93)
-    run the two products whole.
-    """
-    p = X.shape[2]
-    chunk = None if products.thin_onednn(X) else _fuse_chunk(X)
-    if chunk is None:
-        return products.right(X, fn(products.left(A, X, out=left), slice(None)))
-    out = None
-    for a in range(0, p, chunk):
-        c = slice(a, min(a + chunk, p))
-        Xc = X[:, :, c]
-        Mc = A @ Xc if left is None else torch.bmm(A, Xc, out=left[:, :, c])
-        Wc = fn(Mc, c).transpose(1, 2)
-        out = Xc @ Wc if out is None else out.baddbmm_(Xc, Wc)
-    return out
-
-
 class _Rows:
     """The features ``X`` (T, n, p) of a subset of tasks, for the solver's two products.
 
@@ -319,11 +265,12 @@ class _Rows:
         picked = [ids[i] for i in sel.tolist()]
         return _Rows(self.X, None if picked == list(range(self.X.shape[0])) else picked)
 
-    def left(self, A: Tensor) -> Tensor:
-        """``A @ X`` for ``A`` (B, m, n): (B, m, p)."""
+    def left(self, A: Tensor, out: Tensor | None = None) -> Tensor:
+        """``A @ X`` for ``A`` (B, m, n): (B, m, p), written to ``out`` if given."""
         if self.ids is None:
-            return products.left(A, self.X)
-        out = A.new_empty(A.shape[0], A.shape[1], self.X.shape[2])
+            return products.left(A, self.X, out=out)
+        if out is None:
+            out = A.new_empty(A.shape[0], A.shape[1], self.X.shape[2])
         for i, t in enumerate(self.ids):
             products.left(A[i : i + 1], self.X[t : t + 1], out=out[i : i + 1])
         return out
@@ -338,21 +285,16 @@ class _Rows:
     def left_then_right(
         self, A: Tensor, fn: Callable[[Tensor, slice], Tensor], left: Tensor | None = None
     ) -> Tensor:
-        """:func:`left_then_right` on these rows (a subset runs its two products whole)."""
+        """:func:`.products.left_then_right` on these rows (a subset runs its two products
+        whole)."""
         if self.ids is None:
-            return left_then_right(self.X, A, fn, left)
-        M = self.left(A)  # per-task views: whole products
-        if left is not None:
-            left.copy_(M)
-        return self.right(fn(M, slice(None)))
+            return products.left_then_right(self.X, A, fn, left)
+        return self.right(fn(self.left(A, out=left), slice(None)))  # per task: whole
 
     def fuses(self) -> bool:
-        """Whether a FISTA step should fuse its two passes into one :meth:`left_then_right`:
-        where it runs chunk by chunk (it saves time then), or through oneDNN (its two products
-        then gain from carrying the new point's scores as K more columns)."""
-        if self.ids is not None:
-            return False
-        return _fuse_chunk(self.X) is not None or products.thin_onednn(self.X)
+        """Whether a FISTA step should fuse its two passes into one :meth:`left_then_right`
+        (:func:`.products.fuses`; a subset runs its products whole)."""
+        return self.ids is None and products.fuses(self.X)
 
     def gram(self) -> Tensor:
         """``X Xᵀ`` per task (B, n, n), in float64."""
@@ -1020,7 +962,7 @@ def _momentum(t: Tensor, pgd: bool) -> tuple[Tensor, Tensor]:
 def _step_pass(
     rows: _Rows, Yn: Tensor, Mt: Tensor, w: Tensor, lam1: Tensor, lam2: float, at_new: bool
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, tuple[Tensor, Tensor] | None]:
-    """One fused pass over ``X`` (:func:`left_then_right`): ``M`` at the new point,
+    """One fused pass over ``X`` (:func:`.products.left_then_right`): ``M`` at the new point,
     ``Mt_new = Yn X`` with ``Yn = (Y − α_new)ᵀ``, then the next extrapolated point's
     ``My = lerp(Mt, Mt_new, w)`` with its feature norms and scores (as :func:`_scores`); with
     ``at_new``, the scores at the new point too (its certificate). Returns

@@ -666,11 +666,7 @@ def _svm_backward_cg(
     the features of ``S`` 1 whether active or not). The final ``X̄`` is closed form:
     ``(u Bᵀ + (Y − α) J[Xᵀu]ᵀ)/λ2``.
     """
-    from metasparse.solvers.group_sparse_svm import (
-        _gradient_from_scores,
-        column_norms,
-        left_then_right,
-    )
+    from metasparse.solvers.group_sparse_svm import _gradient_from_scores, column_norms
 
     T = Y.shape[0]
     dt = X.dtype
@@ -725,7 +721,7 @@ def _svm_backward_cg(
         return z - m * z.sum(-1, keepdim=True) / size
 
     def hess(U: Tensor) -> Tensor:  # X J[Xᵀ U] /λ2 + τ U: both passes chunk by chunk
-        return left_then_right(X, U.to(dt).transpose(1, 2), jac).to(f64) / lam2 + tau * U
+        return products.left_then_right(X, U.to(dt).transpose(1, 2), jac).to(f64) / lam2 + tau * U
 
     def matvec(v: Tensor) -> Tensor:
         pv = proj(v)
