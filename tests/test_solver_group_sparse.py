@@ -710,7 +710,9 @@ def test_fused_solver_steps_take_the_same_path(check_every, monkeypatch):
     labels = torch.arange(4).repeat_interleave(5).expand(3, -1)
     Y = gs._onehot(labels, 4, X.dtype)
     lam1 = 0.3 * lambda_max(X, labels, 4, tau=0.1)
-    kw = dict(lam2=10.0, tau=0.1, tol=1e-9, working_set=False, check_every=check_every)
+    # tol 1e-10: every certificate of this solve lies ≥ 12% away from it (measured), so
+    # round-off in the gaps (≤ 1e-6 relative, below) cannot move a stop by an iteration
+    kw = dict(lam2=10.0, tau=0.1, tol=1e-10, working_set=False, check_every=check_every)
     primal = []  # P of every certificate, in order
     cert = gs._certificate
 
@@ -736,18 +738,21 @@ def test_fused_solver_steps_take_the_same_path(check_every, monkeypatch):
     monkeypatch.setattr(products, "_CHUNK_BYTES", 3 * 20 * 128 * 8)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # the chunks' condition
     fused = GroupSparseSVMSolver(**kw).run(X, Y, lam1)
-    # every certificate (at y and at α alike) on the same primal values
+    # every certificate (at y and at α alike) on the same primal values, up to the summation
+    # order: the chunked products add p = 700 terms in another order (≤ 700·2⁻⁵³ ≈ 8e-14
+    # relative each), and FISTA's momentum carries that round-off through up to ~100 iterations
+    # (≤ k² growth), so 1e-9 bounds it on any CPU's kernels; an algorithmic change is O(1e-3)
     assert len(primal) == len(plain_primal)
     for a, b in zip(primal, plain_primal, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=0)
     assert len(calls) >= int(plain.iterations.min()) - 1 > 5  # until the batch compacts
     if check_every == 3:
         assert any(calls), "no fused pass computed the new point's certificate"
     assert torch.equal(fused.iterations, plain.iterations)
-    torch.testing.assert_close(fused.alpha, plain.alpha, rtol=0, atol=1e-12)
+    torch.testing.assert_close(fused.alpha, plain.alpha, rtol=0, atol=1e-9)  # as above
     torch.testing.assert_close(fused.gap, plain.gap, rtol=1e-6, atol=1e-13)  # sums' order
     torch.testing.assert_close(fused.Mt, plain.Mt)
-    assert bool((fused.gap <= 1e-9).all())
+    assert bool((fused.gap <= 1e-10).all())
 
 
 @pytest.mark.parametrize("direct_face", [0, 128])
