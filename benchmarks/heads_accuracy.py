@@ -58,15 +58,22 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--output-dir", default=None, help="default: runs/bench_<dataset>")
     p.add_argument("--skip-train", action="store_true", help="reuse existing checkpoints")
+    p.add_argument(
+        "--tag",
+        default=None,
+        help="key of the results entry and run folder (default: the head's name); use it to "
+        "record several settings of one head, e.g. --tag group_sparse_svm@0.1",
+    )
     args = p.parse_args()
+    if args.tag and len(args.heads) != 1:
+        p.error("--tag names one run: give exactly one head")
     if args.threads:
         torch.set_num_threads(args.threads)
 
     config_dir, settings = SETTINGS[args.dataset]
     out_dir = args.output_dir or f"runs/bench_{args.dataset}"
     results_path = REPO / f"benchmarks/results/{args.dataset}_heads.json"
-    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    results["machine"] = {
+    machine = {
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "platform": platform.platform(),
@@ -83,7 +90,7 @@ def main() -> None:
     for head in args.heads:
         cfg = load_config(
             REPO / config_dir / f"conv4_{head}.yaml",
-            [f"data.root={args.root}", f"output_dir={out_dir}/{head}", *args.set],
+            [f"data.root={args.root}", f"output_dir={out_dir}/{args.tag or head}", *args.set],
         )
         start = time.perf_counter()
         if not args.skip_train:
@@ -111,6 +118,7 @@ def main() -> None:
             )
             print(f"{head:>17} {way:>2}-way {shot}-shot {r['accuracy']:6.2f} ± {r['ci95']:.2f}")
         entry: dict[str, Any] = {
+            "machine": machine,
             "config": cfg.to_dict(),
             "train_seconds": None if args.skip_train else train_seconds,
             "test_seconds": time.perf_counter() - start,
@@ -126,7 +134,9 @@ def main() -> None:
             entry["omniglot_runs_error_rate"] = sum(errors) / len(errors)
             entry["omniglot_runs_per_run"] = errors
             print(f"{head:>17} 20 one-shot runs: error {entry['omniglot_runs_error_rate']:.2f}%")
-        results[head] = entry
+        # read again just before writing: other runs may have recorded theirs meanwhile
+        results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+        results[args.tag or head] = entry
         atomic_write_json(results_path, results)
     print(f"wrote {results_path}")
 

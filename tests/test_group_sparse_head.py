@@ -7,6 +7,8 @@ import torch
 
 from metasparse.heads import build_head
 from metasparse.heads.group_sparse_svm import GroupSparseSVMHead
+from metasparse.heads.svm_cs import SVMCSHead, crammer_singer_certificate
+from metasparse.solvers import solve_group_sparse_svm
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -53,7 +55,9 @@ def test_query_gradient_matches_finite_differences_and_support_gradient_fixes_la
     check is in test_solver_group_sparse.py)."""
     from metasparse.solvers import lambda_max, solve_group_sparse_svm
 
-    head = GroupSparseSVMHead(lam_ratio=0.2, lam2=1.0, tau=0.3, tol=1e-14, max_iter=100000)
+    head = GroupSparseSVMHead(
+        lam_ratio=0.2, lam2=1.0, tau=0.3, tol=1e-14, max_iter=100000, lam1_grad="fixed"
+    )
     query, support, labels = _batch()
     query.requires_grad_(True)
     support.requires_grad_(True)
@@ -89,10 +93,50 @@ def test_registry_and_ratio_extremes():
     assert torch.equal(logits, torch.zeros_like(logits)) and stats["features_used"] == 0.0
 
 
-def test_defaults_follow_the_paper():
-    head = GroupSparseSVMHead()
-    assert head.lam_ratio == 0.01 and head.lam2 == 1000.0 and head.tau == pytest.approx(1e-3)
-    assert head.tol == 1e-5
+def test_defaults_are_svm_cs_at_lam_ratio_zero():
+    # like for like: λ2 = 1/C and τ = jitter·C of the default SVM-CS head (C = 0.1, jitter 1)
+    head, svm = GroupSparseSVMHead(), SVMCSHead()
+    assert head.lam2 == 1.0 / svm.C_reg and head.tau == pytest.approx(svm.jitter * svm.C_reg)
+    assert head.tol == 1e-5 and head.lam1_grad == "lam_max"
+    query, support, labels = _batch(T=3, way=5, shot=4, n_query=6, d=12, seed=4)
+    ours = GroupSparseSVMHead(lam_ratio=0.0, tol=1e-12, learn_scale=False)
+    logits, stats = ours(query, support, labels, 5)
+    svm = SVMCSHead(max_iter=50, learn_scale=False)
+    alpha = svm.solve_dual(support, labels, 5)
+    ref = query @ support.transpose(1, 2) @ alpha
+    # both solve one λ2-strongly convex primal: ‖W − W*‖_F ≤ sqrt(2·gap/λ2) for each one's
+    # certified absolute gap, so the logits differ by at most ‖q‖ times the sum of the radii
+    gram = support @ support.transpose(1, 2)
+    onehot = torch.nn.functional.one_hot(labels, 5).double()
+    cert = crammer_singer_certificate(gram, onehot, alpha.detach(), svm.C_reg, svm.jitter)
+    gap_svm = (cert["primal"] - cert["dual"]).clamp_min(0.0)
+    res = solve_group_sparse_svm(support, labels, 5, lam_ratio=0.0, lam2=10.0, tau=0.1, tol=1e-12)
+    gap_ours = res.gap * res.primal.abs().clamp_min(1.0)  # the relative gap's denominator
+    radius = (2 * gap_svm / 10.0).sqrt() + (2 * gap_ours / 10.0).sqrt()
+    bound = query.norm(dim=-1) * radius[:, None] + 1e-12
+    assert bool(((logits - ref).abs().amax(-1) <= bound).all())
+    assert float(bound.max()) < 1e-4  # tight enough to mean "the same classifier"
+    assert stats["features_used"] == 1.0 and stats["lam1"] == 0.0
+
+
+def test_lam_max_gradient_matches_finite_differences_of_the_head():
+    # the head's own output as a function of the support, λ1 = ratio·λ_max recomputed, at a
+    # point where it is differentiable (strict complementarity: every face and active set
+    # stays put under ±eps, which the three step sizes 1e-5…1e-7 agreeing to 1e-7 showed)
+    head = GroupSparseSVMHead(lam_ratio=0.3, tol=1e-14, max_iter=100000, lam1_grad="lam_max")
+    query, support, labels = _batch(seed=26)
+    sup = support.clone().requires_grad_(True)
+    logits, stats = head(query, sup, labels, 3)
+    assert 0.0 < stats["features_used"] < 1.0
+    C = torch.randn(logits.shape, generator=torch.Generator().manual_seed(1), dtype=logits.dtype)
+    (g,) = torch.autograd.grad((logits * C).sum(), sup)
+    D = torch.randn(support.shape, generator=torch.Generator().manual_seed(2), dtype=support.dtype)
+    eps = 1e-6
+    with torch.no_grad():
+        up = (head(query, support + eps * D, labels, 3)[0] * C).sum()
+        down = (head(query, support - eps * D, labels, 3)[0] * C).sum()
+    fd = float((up - down) / (2 * eps))
+    assert abs(float((g * D).sum()) - fd) <= 1e-5 * max(1.0, abs(fd))
 
 
 def test_bad_arguments_and_inputs_raise():

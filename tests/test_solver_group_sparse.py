@@ -821,3 +821,53 @@ def test_ridge_start_moves_down_the_dual_and_saves_iterations(ratio, monkeypatch
     W = gs.weights_from_m(with_start.Mt, lam1, 10.0)
     W0 = gs.weights_from_m(cold.Mt, lam1, 10.0)
     assert float((W - W0).norm()) < 1e-3 * float(W0.norm())
+
+
+@pytest.mark.parametrize("backward", ["dense", "cg", "direct", "generic"])
+@pytest.mark.parametrize("lam_ratio", [0.2, 0.6])
+def test_lam_max_gradient_matches_finite_differences_of_the_output(
+    backward, lam_ratio, monkeypatch
+):
+    # λ1 = ratio · λ_max(X) moves with X: with lam1_grad="lam_max" the gradient is that of the
+    # weights as the function of X the head computes (λ_max recomputed at X ± εD), through
+    # both the dual solution and the block soft-threshold, on every backward path
+    import metasparse.solvers.implicit as implicit
+
+    X, labels = _episode(seed=21, T=2, n=8, p=6)  # a point where the faces are strict
+    kw = dict(lam_ratio=lam_ratio, lam2=0.5, tau=0.3, tol=1e-14, max_iter=100000, ridge_start=0)
+    if backward == "direct":  # the CG backward's direct solve on the face, forced
+        monkeypatch.setattr(implicit, "DIRECT_ACTIVE", 1.0)
+    mode = {"direct": "cg"}.get(backward, backward)
+    Xg = X.clone().requires_grad_(True)
+    res = solve_group_sparse_svm(Xg, labels, 3, backward=mode, lam1_grad="lam_max", **kw)
+    assert 0 < float((res.weights != 0).any(1).double().mean()) < 1  # sparse: BST matters
+    C = torch.randn(res.weights.shape, generator=torch.Generator().manual_seed(2), dtype=X.dtype)
+    (g,) = torch.autograd.grad((res.weights * C).sum(), Xg)
+    fixed = solve_group_sparse_svm(Xg, labels, 3, backward=mode, lam1_grad="fixed", **kw)
+    (g_fixed,) = torch.autograd.grad((fixed.weights * C).sum(), Xg)
+    D = torch.randn(X.shape, generator=torch.Generator().manual_seed(3), dtype=X.dtype)
+    eps = 1e-6  # at 1e-5 the curvature of this episode leaves a 1e-4 truncation error
+    with torch.no_grad():
+        fp = (solve_group_sparse_svm(X + eps * D, labels, 3, **kw).weights * C).sum()
+        fm = (solve_group_sparse_svm(X - eps * D, labels, 3, **kw).weights * C).sum()
+    fd = float((fp - fm) / (2 * eps))
+    # as in test_gradient_matches_finite_differences: cold starts on both sides, 1e-5
+    assert abs(float((g * D).sum()) - fd) <= 1e-5 * max(1.0, abs(fd))
+    # and the constant-λ1 gradient is a different one (the test can tell them apart)
+    assert abs(float((g_fixed * D).sum()) - fd) > 1e-3 * max(1.0, abs(fd))
+
+
+def test_lam_max_gradient_leaves_values_and_the_fixed_gradient_alone():
+    X, labels = _episode(seed=12, T=3, n=9, p=7)
+    kw = dict(lam_ratio=0.3, lam2=10.0, tau=0.1, tol=1e-12)
+    plain = solve_group_sparse_svm(X, labels, 3, **kw)
+    Xg = X.clone().requires_grad_(True)
+    through = solve_group_sparse_svm(Xg, labels, 3, lam1_grad="lam_max", **kw)
+    assert torch.equal(plain.weights, through.weights.detach())
+    assert torch.equal(plain.lam1, through.lam1)
+    ones = solve_group_sparse_svm(Xg, labels, 3, lam_ratio=1.0, lam1_grad="lam_max", tol=1e-12)
+    assert not bool(ones.weights.any())  # λ_max's value is kept bitwise
+    with pytest.raises(ValueError, match="lam1_grad"):
+        solve_group_sparse_svm(X, labels, 3, lam1_grad="exact", **kw)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        solve_group_sparse_svm(X, labels, 3, lam_ratio=1.5)

@@ -19,11 +19,11 @@ import torch
 from torch import Tensor
 
 from metasparse.heads.base import Head, HeadStats
-from metasparse.solvers.group_sparse_svm import (
-    DEFAULT_LAM2,
-    GroupSparseSVMSolver,
-    solve_group_sparse_svm,
-)
+from metasparse.solvers.group_sparse_svm import GroupSparseSVMSolver, solve_group_sparse_svm
+
+# MetaOptNet's SVM-CS head (and ours, heads/svm_cs.py): C = 0.1 with the "+I" jitter 1, which is
+# this problem at λ1 = 0 with λ2 = 1/C and τ = jitter·C (see docs/method.md)
+LIKE_SVM_CS_LAM2 = 10.0
 
 
 class GroupSparseSVMHead(Head):
@@ -37,6 +37,8 @@ class GroupSparseSVMHead(Head):
             default CG backward (benchmarks/backward_paths.py); prefer ``τ > 0`` for large p.
         tol: target relative duality gap. max_iter: solver iteration cap.
         backward: implicit-system solve, ``"auto"``, ``"dense"`` or ``"cg"``.
+        lam1_grad: ``"fixed"`` holds ``λ1`` constant in the gradient; ``"lam_max"`` also
+            differentiates ``λ1 = lam_ratio · λ_max(support)`` (the head's exact derivative).
         learn_scale, init_scale: learnable logit scale (MetaOptNet style).
 
     Statistics (averaged over tasks): ``features_used`` (fraction of features with a nonzero
@@ -47,11 +49,12 @@ class GroupSparseSVMHead(Head):
     def __init__(
         self,
         lam_ratio: float = 0.01,
-        lam2: float = DEFAULT_LAM2,
+        lam2: float = LIKE_SVM_CS_LAM2,
         tau: float | None = None,
         tol: float = 1e-5,
         max_iter: int = 2000,
         backward: str = "auto",
+        lam1_grad: str = "lam_max",
         learn_scale: bool = True,
         init_scale: float = 1.0,
     ) -> None:
@@ -60,6 +63,8 @@ class GroupSparseSVMHead(Head):
             raise ValueError(f"lam_ratio must lie in [0, 1] (λ1/λ_max), got {lam_ratio!r}")
         if backward not in ("auto", "dense", "cg"):
             raise ValueError(f"backward must be 'auto', 'dense' or 'cg', got {backward!r}")
+        if lam1_grad not in ("fixed", "lam_max"):
+            raise ValueError(f"lam1_grad must be 'fixed' or 'lam_max', got {lam1_grad!r}")
         tau = 1.0 / float(lam2) if tau is None and lam2 > 0 else tau
         # Validates lam2, tau, tol and max_iter with clear messages.
         GroupSparseSVMSolver(
@@ -71,6 +76,7 @@ class GroupSparseSVMHead(Head):
         self.tol = float(tol)
         self.max_iter = int(max_iter)
         self.backward = backward
+        self.lam1_grad = lam1_grad
 
     def fit_predict(
         self, query: Tensor, support: Tensor, support_labels: Tensor, n_way: int
@@ -86,6 +92,7 @@ class GroupSparseSVMHead(Head):
             tol=self.tol,
             max_iter=self.max_iter,
             backward=self.backward,
+            lam1_grad=self.lam1_grad,
         )
         W = res.weights.to(query.dtype)
         logits = query @ W.transpose(1, 2)

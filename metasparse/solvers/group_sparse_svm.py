@@ -233,6 +233,16 @@ def _lambda_max(support: Tensor, Y: Tensor, tau: float) -> Tensor:
     return column_norms(_m_at_zero(support.detach(), Y, tau)).amax(-1)
 
 
+def _lambda_max_graph(support: Tensor, Y: Tensor, tau: float) -> Tensor:
+    """Zero-valued (T,) tensor whose gradient is that of ``λ_max(support)``: added to the
+    detached ``λ_max`` it keeps the value bitwise (so ``lam_ratio = 1`` still gives ``W = 0``)
+    and carries the exact derivative, through the maximising feature's norm (α⁰ depends on the
+    labels only)."""
+    a0 = _alpha_at_zero(Y.double(), tau).to(support.dtype)
+    lam_max = column_norms((Y - a0).transpose(1, 2) @ support).amax(-1)
+    return lam_max - lam_max.detach()
+
+
 def _m_at_zero(X: Tensor, Y: Tensor, tau: float) -> Tensor:
     """``Mᵀ = (Y − α⁰)ᵀ X`` (T, K, p), with ``α⁰`` in float64 cast to ``X``'s dtype exactly as
     the solver casts its iterates (so ``λ_max`` and the weights at ``α⁰`` agree bitwise)."""
@@ -1318,8 +1328,11 @@ def _resolve_lam1(
             "give exactly one of lam_ratio (λ1/λ_max per episode, in [0, 1]) or lam1 (absolute)"
         )
     if lam_ratio is not None:
-        if not float(lam_ratio) >= 0.0:
-            raise ValueError(f"lam_ratio must be >= 0 (usually in (0, 1]), got {lam_ratio!r}")
+        if not 0.0 <= float(lam_ratio) <= 1.0:
+            raise ValueError(
+                f"lam_ratio is λ1/λ_max and must lie in [0, 1] (1 already gives W = 0), got "
+                f"{lam_ratio!r}; pass lam1= for an absolute λ1"
+            )
         if lam_max is None:  # inputs already checked
             lam_max = _lambda_max(support, _onehot(support_labels, n_way, support.dtype), tau)
         return float(lam_ratio) * lam_max
@@ -1351,6 +1364,7 @@ def solve_group_sparse_svm(
     ridge_start: int = 3,
     init: Tensor | None = None,
     backward: str = "auto",
+    lam1_grad: str = "fixed",
 ) -> GroupSparseSVMResult:
     """Solve the group-sparse SVM for a batch of episodes; differentiable w.r.t. ``support``.
 
@@ -1365,9 +1379,13 @@ def solve_group_sparse_svm(
         backward: how the implicit system on active faces × active features is solved:
             ``"auto"``, ``"dense"``, ``"cg"`` (see ``implicit.svm_dual_root``) or ``"generic"``
             (dense Jacobian of the projected-gradient fixed point; for checks).
+        lam1_grad: with ``lam_ratio``, ``"fixed"`` treats ``λ1`` as a constant in the gradient;
+            ``"lam_max"`` differentiates ``λ1 = lam_ratio · λ_max(support)`` exactly (through
+            the maximising feature's norm), so the gradient is that of the returned weights
+            as a function of ``support``. Ignored with an absolute ``lam1``.
 
     Returns:
-        :class:`GroupSparseSVMResult`. Gradients treat ``λ1`` as a constant.
+        :class:`GroupSparseSVMResult`.
     """
     from metasparse.solvers.implicit import (  # the autograd boundary
         _use_cg_backward,
@@ -1380,7 +1398,12 @@ def solve_group_sparse_svm(
     X = support.detach()
     Mt0 = _m_at_zero(X, Y, tau) if init is None else None  # shared: λ_max and the first step
     lam_max = None if Mt0 is None else column_norms(Mt0).amax(-1)
+    if lam1_grad not in ("fixed", "lam_max"):
+        raise ValueError(f"lam1_grad must be 'fixed' or 'lam_max', got {lam1_grad!r}")
     lam1_t = _resolve_lam1(support, support_labels, n_way, tau, lam_ratio, lam1, lam_max)
+    lam1_att = lam1_t
+    if lam1_grad == "lam_max" and lam_ratio and support.requires_grad:
+        lam1_att = lam1_t + float(lam_ratio) * _lambda_max_graph(support, Y, tau)
     solver = GroupSparseSVMSolver(
         lam2=lam2,
         tau=tau,
@@ -1396,18 +1419,18 @@ def solve_group_sparse_svm(
     iters = out.iterations
     alpha, gap, P, Dv = (v.to(support.dtype) for v in out[:2] + out[3:5])
     if backward == "generic":
-        alpha_att = svm_dual_root(alpha, support, Y, lam1_t, lam2, tau, method="generic")
+        alpha_att = svm_dual_root(alpha, support, Y, lam1_att, lam2, tau, method="generic")
     else:
-        alpha_att = svm_dual_root(alpha, support, Y, lam1_t, lam2, tau, solve=backward)
+        alpha_att = svm_dual_root(alpha, support, Y, lam1_att, lam2, tau, solve=backward)
     n, K, p = Y.shape[1], Y.shape[2], support.shape[2]
     if backward != "generic" and _use_cg_backward(backward, tau, n, K, p):
         # fused backward; the solver's M and Gram save it three passes over X
         weights = svm_weights(
-            alpha, support, Y, lam1_t, lam2, tau, Mt=out.Mt, gram=(out.gram, out.gram_mask)
+            alpha, support, Y, lam1_att, lam2, tau, Mt=out.Mt, gram=(out.gram, out.gram_mask)
         )
     else:
         Mt = (Y - alpha_att).transpose(1, 2) @ support  # (T, K, p): the fast layout
-        weights = weights_from_m(Mt, lam1_t, lam2)
+        weights = weights_from_m(Mt, lam1_att, lam2)
     with torch.no_grad():
         used = (weights != 0).any(1).to(support.dtype).mean(-1)
     converged = gap <= tol

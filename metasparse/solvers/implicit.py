@@ -650,8 +650,14 @@ def _svm_backward_cg(
     maxiter: int = 200,
     Mt: Tensor | None = None,
     gram: tuple[Tensor, Tensor | None] | None = None,
-) -> Tensor:
+    want_lam1: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """``X̄ = −(∂_X ∇D)ᵀ u`` with ``(P H P + I − P) u = P ᾱ``, matrix-free (τ > 0).
+
+    With ``want_lam1`` it returns ``(X̄, λ̄1)`` as well: ``∇D`` depends on ``λ1`` only through
+    ``BST(M_j, λ1)``, whose derivative is ``−v̂_j`` on active features, so
+    ``λ̄1 = −Σ_j ⟨v̂_j, (Xᵀu)_j⟩ (− Σ_j ⟨v̂_j, W̄_j⟩/λ2 for the weights' direct path)``, from
+    products the backward computes anyway.
 
     With ``grad_weights`` (``W̄`` for ``W = BST(Xᵀ(Y − α))/λ2``, (T, K, p)), the direct path
     of the weights is folded in: ``M̄ = J W̄/λ2`` adds ``−X M̄ᵀ`` to ``ᾱ`` and ``(Y − α) M̄`` to
@@ -754,14 +760,19 @@ def _svm_backward_cg(
             advice = f"tau = {tau:g} near 0 makes the implicit system ill-conditioned: raise tau"
             _warn_unconverged("group-sparse SVM backward: CG", maxiter, res, tol, advice)
     u = proj(x).to(dt) / lam2
-    JQ = jac(products.left(u.transpose(1, 2), X))  # J[Xᵀu]/λ2
+    UX = products.left(u.transpose(1, 2), X)  # (Xᵀu)ᵀ
+    glam = None
+    if want_lam1:
+        lin = UX if grad_weights is None else UX + grad_weights.to(dt) / lam2
+        glam = -((Vh * lin).sum(1) * act).sum(-1)
+    JQ = jac(UX)  # J[Xᵀu]/λ2
     if Mbar is not None:
         JQ = JQ + Mbar
     gX = torch.cat([u, R], -1) @ torch.cat([Bt, JQ], 1)  # one (n × p) output
-    if idx is None:
-        return gX
-    full = torch.zeros(T, gX.shape[1], p_full, dtype=dt, device=X.device)
-    return full.scatter_(2, idx.unsqueeze(1).expand(-1, gX.shape[1], -1), gX)
+    if idx is not None:
+        full = torch.zeros(T, gX.shape[1], p_full, dtype=dt, device=X.device)
+        gX = full.scatter_(2, idx.unsqueeze(1).expand(-1, gX.shape[1], -1), gX)
+    return (gX, glam.to(lam1.dtype)) if want_lam1 else gX
 
 
 class _SVMDualRoot(torch.autograd.Function):
@@ -781,19 +792,22 @@ class _SVMDualRoot(torch.autograd.Function):
         alpha, X, Y, lam1 = ctx.saved_tensors
         lam2, tau, solve = ctx.hp
         _, n, K = Y.shape
-        if not ctx.needs_input_grad[1]:
+        want_x, want_lam = ctx.needs_input_grad[1], ctx.needs_input_grad[3]
+        if not (want_x or want_lam):
             return None, None, None, None, None
         Xd = X.detach()
         if _use_cg_backward(solve, tau, n, K, X.shape[2]):
-            gX = _svm_backward_cg(alpha, Xd, Y, lam1, lam2, tau, grad_alpha)
-            return None, gX, None, None, None
+            out = _svm_backward_cg(alpha, Xd, Y, lam1, lam2, tau, grad_alpha, want_lam1=want_lam)
+            gX, glam = out if want_lam else (out, None)
+            return None, gX if want_x else None, None, glam, None
         st = _svm_structure(alpha, Xd, Y, lam1, lam2, tau)
         u = _solve_on_face(st, lam2, grad_alpha, project=True).to(X.dtype)
         with torch.enable_grad():
             Xg = Xd.requires_grad_(True)
-            gD = dual_gradient(alpha, Xg, Y, lam1, lam2, tau)
-            (gX,) = torch.autograd.grad(gD, Xg, grad_outputs=-u)
-        return None, gX, None, None, None
+            lg = lam1.detach().requires_grad_(True)
+            gD = dual_gradient(alpha, Xg, Y, lg, lam2, tau)
+            gX, glam = torch.autograd.grad(gD, (Xg, lg), grad_outputs=-u)
+        return None, gX if want_x else None, None, glam if want_lam else None, None
 
 
 class _SVMWeights(torch.autograd.Function):
@@ -825,11 +839,25 @@ class _SVMWeights(torch.autograd.Function):
     def backward(ctx: Any, grad_w: Tensor) -> tuple[Tensor | None, ...]:
         X, alpha, Y, lam1, Mt, gram, gram_mask = ctx.saved_tensors
         lam2, tau = ctx.hp
-        if not ctx.needs_input_grad[0]:
+        want_x, want_lam = ctx.needs_input_grad[0], ctx.needs_input_grad[3]
+        if not (want_x or want_lam):
             return (None,) * 8
         G = None if gram is None else (gram, gram_mask)
-        gX = _svm_backward_cg(alpha, X.detach(), Y, lam1, lam2, tau, None, grad_w, Mt=Mt, gram=G)
-        return (gX,) + (None,) * 7
+        out = _svm_backward_cg(
+            alpha,
+            X.detach(),
+            Y,
+            lam1.detach(),
+            lam2,
+            tau,
+            None,
+            grad_w,
+            Mt=Mt,
+            gram=G,
+            want_lam1=want_lam,
+        )
+        gX, glam = out if want_lam else (out, None)
+        return (gX if want_x else None, None, None, glam) + (None,) * 4
 
 
 def svm_weights(
@@ -845,7 +873,8 @@ def svm_weights(
 ) -> Tensor:
     """Primal weights ``W = BST(Xᵀ(Y − α*), λ1)/λ2`` (T, K, p) of the dual solution ``α*``,
     differentiable w.r.t. ``support`` through both the direct path and the implicit ``α*``
-    (one fused backward: matrix-free CG on the KKT system, needs ``τ > 0``).
+    (one fused backward: matrix-free CG on the KKT system, needs ``τ > 0``), and w.r.t.
+    ``lam1`` when it carries a graph (e.g. ``λ1 = ratio · λ_max(support)``).
 
     Optional, from the solver (each spares passes over ``support``): ``Mt`` = ``(Y − α*)ᵀX``
     (T, K, p) and ``gram`` = ``(X_S X_Sᵀ, S)``, the Gram matrix (T, n, n) over the features of
@@ -858,7 +887,7 @@ def svm_weights(
         support,
         alpha.detach(),
         Y,
-        lam1.detach(),
+        lam1,
         None if Mt is None else Mt.detach(),
         G,
         mask,
@@ -883,14 +912,15 @@ def svm_dual_root(
     CG, :func:`_svm_backward_cg`; τ > 0 only) or ``"auto"`` (CG unless τ = 0 or the episode is
     tiny, ``n·K·p ≤ 2e4``). ``method="generic"`` differentiates the
     projected-gradient fixed point ``α = proj_Δ(α − η ∇D(α, X))`` with :func:`implicit_root`
-    (dense; for checks on small problems). Both treat ``lam1`` as a constant. At ``τ = 0``
+    (dense; for checks on small problems). Both differentiate w.r.t. ``lam1`` when it carries
+    a graph (``∇D`` depends on it through the block soft-threshold). At ``τ = 0``
     the dual may have several solutions; the closed form then returns the minimum-norm
     solution of the singular system.
     """
     from metasparse.solvers.group_sparse_svm import dual_gradient, project_simplex
 
     if method == "closed_form":
-        return _SVMDualRoot.apply(alpha.detach(), support, Y, lam1.detach(), (lam2, tau, solve))
+        return _SVMDualRoot.apply(alpha.detach(), support, Y, lam1, (lam2, tau, solve))
     if method != "generic":
         raise ValueError(f"method must be 'closed_form' or 'generic', got {method!r}")
     with torch.no_grad():
@@ -898,7 +928,7 @@ def svm_dual_root(
         L = torch.linalg.eigvalsh(Xd @ Xd.transpose(1, 2))[:, -1] / lam2 + tau
         eta = (1.0 / L).reshape(-1, 1, 1)
 
-    def fixed_point(a: Tensor, X: Tensor) -> Tensor:
-        return a - project_simplex(a - eta * dual_gradient(a, X, Y, lam1.detach(), lam2, tau))
+    def fixed_point(a: Tensor, X: Tensor, lam: Tensor) -> Tensor:
+        return a - project_simplex(a - eta * dual_gradient(a, X, Y, lam, lam2, tau))
 
-    return implicit_root(fixed_point, alpha, (support,), solve="dense")
+    return implicit_root(fixed_point, alpha, (support, lam1), solve="dense")
