@@ -53,6 +53,8 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
+    # whether weight decay also pulls the head's learnable logit scale (MetaOptNet: yes)
+    scale_weight_decay: bool = True
     # [epoch, factor] pairs: from that (0-based) epoch on, lr = base lr × factor
     lr_schedule: list[list[float]] = field(
         default_factory=lambda: [[20, 0.06], [40, 0.012], [50, 0.0024]]

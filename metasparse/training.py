@@ -84,8 +84,15 @@ class Trainer:
         in_channels = int(self.train_set[0][0].shape[0])
         self.in_channels = in_channels
         self.model = FewShotModel.from_config(cfg.model, in_channels).to(self.device)
+        params = list(self.model.parameters())
+        if not t.scale_weight_decay:  # the head's logit scale in a group of its own
+            scale = {id(p) for n, p in self.model.named_parameters() if n.startswith("head.scale")}
+            params = [
+                {"params": [p for p in params if id(p) not in scale]},
+                {"params": [p for p in params if id(p) in scale], "weight_decay": 0.0},
+            ]
         self.optimizer = torch.optim.SGD(
-            self.model.parameters(),
+            params,
             lr=t.lr,
             momentum=t.momentum,
             nesterov=t.nesterov,

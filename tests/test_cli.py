@@ -91,30 +91,15 @@ def test_parser_builds():
 
 
 def test_demo_trains_tests_and_reports(tmp_path, capsys):
+    # the demo's default heads, shortened: what `metasparse demo` runs, end to end
+    from metasparse.demo import DEMO_HEADS
+
     out = tmp_path / "demo"
-    rc = main(
-        [
-            "demo",
-            "--heads",
-            "proto",
-            "ridge",
-            "--steps",
-            "4",
-            "--episodes",
-            "10",
-            "--output",
-            str(out),
-            "--no-progress",
-        ]
-    )
+    rc = main(["demo", "--steps", "4", "--episodes", "10", "--output", str(out), "--no-progress"])
     assert rc == 0
     results = json.loads((out / "results.json").read_text())
-    assert {(r["head"], r["shot"]) for r in results} == {
-        ("proto", 1),
-        ("proto", 5),
-        ("ridge", 1),
-        ("ridge", 5),
-    }
+    assert {(r["head"], r["shot"]) for r in results} == {(h, s) for h in DEMO_HEADS for s in (1, 5)}
+    assert set(DEMO_HEADS) == {"proto", "svm_cs", "group_sparse_svm"}
     text = capsys.readouterr().out
     assert "5-way 1-shot" in text and "chance 20.0%" in text
     # a second demo in the same folder starts afresh instead of refusing
@@ -123,7 +108,7 @@ def test_demo_trains_tests_and_reports(tmp_path, capsys):
             [
                 "demo",
                 "--heads",
-                "proto",
+                "ridge",
                 "--steps",
                 "2",
                 "--episodes",

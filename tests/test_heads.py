@@ -9,6 +9,7 @@ cvxpy on the QP qpth is given (MetaOptNet's "+I" jitter included).
 from __future__ import annotations
 
 import importlib
+import math
 
 import numpy as np
 import pytest
@@ -400,3 +401,23 @@ def test_group_sparse_module_name_is_the_registered_one():
     except ImportError as exc:
         pytest.skip(f"metasparse.heads.group_sparse_svm not importable yet: {exc}")
     assert isinstance(build_head("group_sparse_svm"), Head)
+
+
+@pytest.mark.parametrize("name", HEADS)
+def test_log_scale_is_learned_in_log_space(name):
+    head = make_head(name, log_scale=True, init_scale=2.0)
+    params = dict(head.named_parameters())
+    assert "scale" not in params and float(params["scale_log"]) == pytest.approx(math.log(2.0))
+    query, support, labels, _ = episode(noise=1.0)
+    with torch.no_grad():
+        raw, _ = head.fit_predict(query, support, labels, 3)
+    logits, _ = head(query, support, labels, 3)
+    torch.testing.assert_close(logits, 2.0 * raw.to(logits.dtype), rtol=1e-6, atol=1e-8)
+    w = torch.randn(logits.shape, generator=torch.Generator().manual_seed(5), dtype=logits.dtype)
+    (logits * w).sum().backward()
+    # d/d(log s) of Σ s·raw·w is s·Σ raw·w
+    expected = 2.0 * (raw.to(logits.dtype) * w).sum()
+    grad = params["scale_log"].grad
+    torch.testing.assert_close(grad, expected.to(grad.dtype).reshape(grad.shape))
+    with pytest.raises(ValueError, match="init_scale > 0"):
+        make_head(name, log_scale=True, init_scale=0.0)

@@ -128,3 +128,17 @@ def test_training_learns_above_chance(tmp_path):
     cfg.val.episodes = 40
     summary = train(cfg, progress=False)
     assert summary["best_val_accuracy"] > 35.0  # chance is 20%
+
+
+@pytest.mark.parametrize("decay", [True, False])
+def test_scale_weight_decay_switch(tmp_path, decay):
+    # with scale_weight_decay off, the logit scale sits in a parameter group without decay
+    # and the backbone keeps the configured decay
+    cfg = tiny_config(tmp_path, weight_decay=0.01, scale_weight_decay=decay)
+    trainer = Trainer(cfg, progress=False)
+    scale = trainer.model.head.scale
+    groups = trainer.optimizer.param_groups
+    owner = [g for g in groups if any(p is scale for p in g["params"])]
+    assert len(owner) == 1 and owner[0]["weight_decay"] == (0.01 if decay else 0.0)
+    assert all(g["weight_decay"] == 0.01 for g in groups if g is not owner[0])
+    assert sum(len(g["params"]) for g in groups) == len(list(trainer.model.parameters()))

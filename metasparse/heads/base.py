@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -59,12 +61,23 @@ class Head(nn.Module):
     that the training loop logs verbatim. Subclasses implement :meth:`fit_predict`.
     """
 
-    def __init__(self, learn_scale: bool = True, init_scale: float = 1.0) -> None:
+    def __init__(
+        self, learn_scale: bool = True, init_scale: float = 1.0, log_scale: bool = False
+    ) -> None:
         super().__init__()
-        if learn_scale:
+        if log_scale and not init_scale > 0:
+            raise ValueError(f"log_scale needs init_scale > 0, got {init_scale!r}")
+        self.log_scale = bool(log_scale and learn_scale)
+        if self.log_scale:  # learn log s: steps are relative, and s stays positive
+            self.scale_log = nn.Parameter(torch.tensor(math.log(float(init_scale))))
+        elif learn_scale:
             self.scale = nn.Parameter(torch.tensor(float(init_scale)))
         else:
             self.register_buffer("scale", torch.tensor(float(init_scale)))
+
+    def logit_scale(self) -> Tensor:
+        """The factor applied to the logits (``exp`` of the parameter with ``log_scale``)."""
+        return self.scale_log.exp() if self.log_scale else self.scale
 
     def fit_predict(
         self, query: Tensor, support: Tensor, support_labels: Tensor, n_way: int
@@ -77,4 +90,4 @@ class Head(nn.Module):
     ) -> tuple[Tensor, HeadStats]:
         check_episode(query, support, support_labels, n_way)
         logits, stats = self.fit_predict(query, support, support_labels.long(), n_way)
-        return logits * self.scale, stats
+        return logits * self.logit_scale(), stats

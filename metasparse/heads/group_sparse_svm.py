@@ -40,6 +40,7 @@ class GroupSparseSVMHead(Head):
         lam1_grad: ``"fixed"`` holds ``λ1`` constant in the gradient; ``"lam_max"`` also
             differentiates ``λ1 = lam_ratio · λ_max(support)`` (the head's exact derivative).
         learn_scale, init_scale: learnable logit scale (MetaOptNet style).
+        log_scale: learn the logit scale in log space (relative steps, always positive).
 
     Statistics (averaged over tasks): ``features_used`` (fraction of features with a nonzero
     column of ``W``), ``gap`` (relative duality gap), ``iterations``, ``converged`` (fraction of
@@ -57,8 +58,9 @@ class GroupSparseSVMHead(Head):
         lam1_grad: str = "lam_max",
         learn_scale: bool = True,
         init_scale: float = 1.0,
+        log_scale: bool = False,
     ) -> None:
-        super().__init__(learn_scale=learn_scale, init_scale=init_scale)
+        super().__init__(learn_scale=learn_scale, init_scale=init_scale, log_scale=log_scale)
         if not 0.0 <= float(lam_ratio) <= 1.0:
             raise ValueError(f"lam_ratio must lie in [0, 1] (λ1/λ_max), got {lam_ratio!r}")
         if backward not in ("auto", "dense", "cg"):

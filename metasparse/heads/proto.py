@@ -35,12 +35,17 @@ class PrototypicalHead(Head):
         normalize: divide the distances by the feature dimension d, as MetaOptNet's
             ``ProtoNetHead(normalize=True)`` does (keeps logits O(1) for d = 16000).
         learn_scale, init_scale: the learnable logit scale of :class:`Head`.
+        log_scale: learn the logit scale in log space (relative steps, always positive).
     """
 
     def __init__(
-        self, normalize: bool = True, learn_scale: bool = True, init_scale: float = 1.0
+        self,
+        normalize: bool = True,
+        learn_scale: bool = True,
+        init_scale: float = 1.0,
+        log_scale: bool = False,
     ) -> None:
-        super().__init__(learn_scale=learn_scale, init_scale=init_scale)
+        super().__init__(learn_scale=learn_scale, init_scale=init_scale, log_scale=log_scale)
         self.normalize = bool(normalize)
 
     def fit_predict(

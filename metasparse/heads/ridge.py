@@ -41,6 +41,7 @@ class RidgeHead(Head):
         lam: ridge strength λ (MetaOptNet's ``R2D2Head`` default 50.0); must be > 0.
         solve: ``"auto"`` (dual n×n system when n < d, else primal d×d), ``"dual"``, ``"primal"``.
         learn_scale, init_scale: the learnable logit scale of :class:`Head`.
+        log_scale: learn the logit scale in log space (relative steps, always positive).
     """
 
     def __init__(
@@ -49,8 +50,9 @@ class RidgeHead(Head):
         solve: str = "auto",
         learn_scale: bool = True,
         init_scale: float = 1.0,
+        log_scale: bool = False,
     ) -> None:
-        super().__init__(learn_scale=learn_scale, init_scale=init_scale)
+        super().__init__(learn_scale=learn_scale, init_scale=init_scale, log_scale=log_scale)
         if not lam > 0:
             raise ValueError(f"lam must be positive (it makes the system invertible), got {lam!r}")
         if solve not in _SOLVES:

@@ -109,6 +109,7 @@ class SVMCSHead(Head):
         jitter: the "+I" ridge on the QP matrix (MetaOptNet: 1.0); must be > 0 for qpth.
         eps, not_improved_lim: qpth's stopping tolerance and patience (its defaults).
         learn_scale, init_scale: the learnable logit scale of :class:`Head`.
+        log_scale: learn the logit scale in log space (relative steps, always positive).
 
     Statistics (averaged over tasks): ``support_acc``, ``qp_rel_gap`` (certified relative
     duality gap), ``qp_eq_resid``, ``qp_ineq_viol`` (see :func:`crammer_singer_certificate`)
@@ -128,8 +129,9 @@ class SVMCSHead(Head):
         not_improved_lim: int = 3,
         learn_scale: bool = True,
         init_scale: float = 1.0,
+        log_scale: bool = False,
     ) -> None:
-        super().__init__(learn_scale=learn_scale, init_scale=init_scale)
+        super().__init__(learn_scale=learn_scale, init_scale=init_scale, log_scale=log_scale)
         if not C_reg > 0:
             raise ValueError(f"C_reg must be positive, got {C_reg!r}")
         if int(max_iter) != max_iter or max_iter < 1:
