@@ -200,7 +200,8 @@ def omniglot_runs_error(model: FewShotModel, runs: list[Any], device: torch.devi
 
 
 def run_omniglot_runs(args: argparse.Namespace) -> int:
-    """``metasparse omniglot-runs``: error rate on the official 20-run one-shot layout."""
+    """``metasparse omniglot-runs``: error rate on one-shot runs in the layout of Lake et al.'s
+    20-run challenge (their own runs, or runs that ``write_runs`` generates, which are not)."""
     from metasparse.data.omniglot_runs import read_runs
 
     device = resolve_device(args.device)

@@ -69,7 +69,8 @@ def _numbered(folder: Path, pattern: re.Pattern[str], what: str) -> list[Path]:
 
 
 def _resolve(runs_dir: Path, run_dir: Path, rel: str) -> Path:
-    """A path of class_labels.txt: relative to the runs folder (official) or to the run."""
+    """A path of class_labels.txt: relative to the runs folder (Lake et al.'s own runs) or to
+    the run."""
     for base in (runs_dir, run_dir):
         candidate = (base / rel).resolve()
         if candidate.is_file():
