@@ -9,8 +9,8 @@ Usage (from the repo root):
 
 Each head is trained with ``configs/omniglot/conv4_<head>.yaml`` or
 ``configs/miniimagenet/cpu/conv4_<head>.yaml`` (extra overrides via ``--set``), then tested on the
-test classes (Omniglot: 5/20-way 1/5-shot and 20 one-shot runs in Lake et al.'s layout, generated from
-evaluation characters; miniImageNet: 5-way 1/5-shot, 15 queries). Figures go to
+test classes (Omniglot: 5/20-way 1/5-shot and 20 one-shot runs in Lake et al.'s layout,
+generated from evaluation characters; miniImageNet: 5-way 1/5-shot, 15 queries). Figures go to
 ``benchmarks/results/<dataset>_heads.json``.
 """
 
