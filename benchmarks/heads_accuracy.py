@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from metasparse.checkpoint import load_checkpoint, model_from_checkpoint
 from metasparse.config import load_config
@@ -64,6 +65,14 @@ def main() -> None:
         help="key of the results entry and run folder (default: the head's name); use it to "
         "record several settings of one head, e.g. --tag group_sparse_svm@0.1",
     )
+    p.add_argument(
+        "--test-head",
+        default=None,
+        help="meta-test with this head instead of the trained one (e.g. group_sparse_svm with "
+        "--test-head-option lam_ratio=0 tests an SVM-CS backbone with the same problem solved "
+        "to a certificate, where qpth is too slow at 20-way 5-shot on a CPU)",
+    )
+    p.add_argument("--test-head-option", action="append", default=[], help="key=value (YAML)")
     args = p.parse_args()
     if args.tag and len(args.heads) != 1:
         p.error("--tag names one run: give exactly one head")
@@ -98,6 +107,16 @@ def main() -> None:
         train_seconds = time.perf_counter() - start
         ckpt = load_checkpoint(cfg.run_dir / "checkpoints/best.pt")
         model, _ = model_from_checkpoint(ckpt)
+        test_head = None
+        if args.test_head:
+            from metasparse.heads import build_head
+
+            options = {}
+            for item in args.test_head_option:
+                key, _, value = item.partition("=")
+                options[key] = yaml.safe_load(value)
+            model.head = build_head(args.test_head, **options)  # the scale leaves argmax alone
+            test_head = {"head": args.test_head, "options": options}
         test_set = build_dataset(
             cfg.data.name, cfg.data.test_split, root=args.root, augment=False, **cfg.data.options
         )
@@ -120,6 +139,7 @@ def main() -> None:
         entry: dict[str, Any] = {
             "machine": machine,
             "config": cfg.to_dict(),
+            "test_head": test_head,
             "train_seconds": None if args.skip_train else train_seconds,
             "test_seconds": time.perf_counter() - start,
             "steps": cfg.train.epochs * cfg.train.batches_per_epoch,
