@@ -32,11 +32,52 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks/results/head_learning.json"
 
 
+def table(results: dict[str, dict]) -> str:
+    """Markdown table of the recorded rows: one line per setting (tags that differ only by a
+    ``_seedN`` suffix are one setting), accuracy per seed and the mean over seeds."""
+    groups: dict[str, list[tuple[int, dict]]] = {}
+    for tag, row in results.items():
+        base, _, seed = tag.partition("_seed")
+        groups.setdefault(base, []).append((int(seed or 0), row))
+    lines = [
+        "| setting | head options | seeds | 5-way 1-shot | 5-way 5-shot | mean 1 / 5-shot | "
+        "features used 1 / 5-shot |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for base, rows in groups.items():
+        rows.sort(key=lambda r: r[0])
+        acc = {s: [r["test"][i]["accuracy"] for _, r in rows] for i, s in enumerate((1, 5))}
+        ci = {s: [r["test"][i]["ci95"] for _, r in rows] for i, s in enumerate((1, 5))}
+        cells = {
+            s: ", ".join(f"{a:.2f} ± {c:.2f}" for a, c in zip(acc[s], ci[s], strict=True))
+            for s in (1, 5)
+        }
+        used = [
+            sum(r["test"][i]["head_stats"].get("features_used", 1.0) for _, r in rows) / len(rows)
+            for i in range(2)
+        ]
+        mean = [sum(acc[s]) / len(acc[s]) for s in (1, 5)]
+        opts = ", ".join(f"{k}={v}" for k, v in rows[0][1]["options"].items())
+        extra = " ".join(rows[0][1].get("overrides") or [])
+        lines.append(
+            f"| {base} | {opts}{' ' + extra if extra else ''} | "
+            f"{','.join(str(s) for s, _ in rows)} | {cells[1]} | {cells[5]} | "
+            f"{mean[0]:.2f} / {mean[1]:.2f} | {used[0]:.0%} / {used[1]:.0%} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
-    """Train, test and record one head setting."""
+    """Train, test and record one head setting (or print the table of recorded ones)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--head", required=True)
-    p.add_argument("--tag", required=True, help="the row's name in the results file")
+    p.add_argument(
+        "--table",
+        nargs="?",
+        const=str(RESULTS),
+        help="print the markdown table of a results file (default: the committed one) and exit",
+    )
+    p.add_argument("--head", help="the head to train (required unless --table)")
+    p.add_argument("--tag", help="the row's name in the results file (required unless --table)")
     p.add_argument("--option", action="append", default=[], help="head option key=value (YAML)")
     p.add_argument("--set", nargs="*", default=[], help="config overrides section.key=value")
     p.add_argument("--steps", type=int, default=150, help="training steps (the demo's default)")
@@ -46,6 +87,11 @@ def main() -> None:
     p.add_argument("--output", default="runs/head_learning")
     p.add_argument("--results", default=str(RESULTS))
     args = p.parse_args()
+    if args.table:
+        print(table(json.loads(Path(args.table).read_text())))
+        return
+    if not (args.head and args.tag):
+        p.error("--head and --tag are required to train a setting")
     torch.set_num_threads(args.threads)
     options = {}
     for item in args.option:
