@@ -76,9 +76,7 @@ class GroupSparseSVMSolver:
         working_set, ws_threshold, ws_max, ws_round: iterate on the features with
             ``‖M_j‖ > ws_threshold·λ1`` at the start when they are at most a fraction ``ws_max``
             of all (sparse solutions, large λ1/λ_max), in rounds of ``ws_round``, then twice
-            as many, ... iterations; see :meth:`run`. 0.95 and 5 (rather than 0.9 and 10):
-            15-shot at λ1/λ_max = 0.5, 5-way, 8 episodes, iterations 20.2 → 19.2 (p = 2560) and
-            17.4 → 16.1 (p = 16000); 5-shot 14.2 → 11.2 and 14.5 → 11.2.
+            as many, ... iterations; see :meth:`run` (defaults measured: :mod:`.tuning`).
         polish_after, polish_steps: episodes still uncertified after ``polish_after``
             iterations (0: never) are badly conditioned; when ``n·K ≤ 512`` they get up to
             ``polish_steps`` active-set Newton steps per stage of a ``λ2`` continuation
@@ -109,9 +107,9 @@ class GroupSparseSVMSolver:
     rank: int = 8
     check_every: int = 3
     working_set: bool = True
-    ws_threshold: float = 0.95
+    ws_threshold: float = tuning.WS_THRESHOLD
     ws_max: float = 0.7
-    ws_round: int = 5
+    ws_round: int = tuning.WS_ROUND
     polish_after: int = 100
     polish_steps: int = 50
     adaptive: bool = True
@@ -124,26 +122,20 @@ class GroupSparseSVMSolver:
             raise ValueError(f"tau must be >= 0, got {self.tau!r}")
         if not self.tol > 0:
             raise ValueError(f"tol must be > 0, got {self.tol!r}")
-        if int(self.max_iter) != self.max_iter or self.max_iter < 1:
-            raise ValueError(f"max_iter must be a positive integer, got {self.max_iter!r}")
+        self._check_integer("max_iter", 1, "a positive integer")
         if self.method not in _METHODS:
             raise ValueError(f"method must be one of {_METHODS}, got {self.method!r}")
-        if int(self.rank) != self.rank or self.rank < 0:
-            raise ValueError(f"rank must be a non-negative integer, got {self.rank!r}")
-        if int(self.check_every) != self.check_every or self.check_every < 1:
-            raise ValueError(f"check_every must be a positive integer, got {self.check_every!r}")
-        if int(self.ws_round) != self.ws_round or self.ws_round < 1:
-            raise ValueError(f"ws_round must be a positive integer, got {self.ws_round!r}")
-        if int(self.polish_after) != self.polish_after or self.polish_after < 0:
-            raise ValueError(
-                f"polish_after must be a non-negative integer (0: never), got {self.polish_after!r}"
-            )
-        if int(self.polish_steps) != self.polish_steps or self.polish_steps < 1:
-            raise ValueError(f"polish_steps must be a positive integer, got {self.polish_steps!r}")
-        if int(self.ridge_start) != self.ridge_start or self.ridge_start < 0:
-            raise ValueError(
-                f"ridge_start must be a non-negative integer (0: off), got {self.ridge_start!r}"
-            )
+        self._check_integer("rank", 0, "a non-negative integer")
+        self._check_integer("check_every", 1, "a positive integer")
+        self._check_integer("ws_round", 1, "a positive integer")
+        self._check_integer("polish_after", 0, "a non-negative integer (0: never)")
+        self._check_integer("polish_steps", 1, "a positive integer")
+        self._check_integer("ridge_start", 0, "a non-negative integer (0: off)")
+
+    def _check_integer(self, name: str, least: int, what: str) -> None:
+        value = getattr(self, name)
+        if int(value) != value or value < least:
+            raise ValueError(f"{name} must be {what}, got {value!r}")
 
     @torch.no_grad()
     def run(

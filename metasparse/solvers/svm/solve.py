@@ -116,7 +116,7 @@ def solve_group_sparse_svm(
             :class:`GroupSparseSVMSolver`.
         init: warm start for the dual (tasks, n, n_way), projected onto the simplices.
         backward: how the implicit system on active faces × active features is solved:
-            ``"auto"``, ``"dense"``, ``"cg"`` (see ``implicit.svm_dual_root``) or ``"generic"``
+            ``"auto"``, ``"dense"``, ``"cg"`` (see :func:`.backward.svm_dual_root`) or ``"generic"``
             (dense Jacobian of the projected-gradient fixed point; for checks).
         lam1_grad: with ``lam_ratio``, ``"fixed"`` treats ``λ1`` as a constant in the gradient;
             ``"lam_max"`` differentiates ``λ1 = lam_ratio · λ_max(support)`` exactly (through

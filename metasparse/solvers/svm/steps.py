@@ -101,10 +101,10 @@ def momentum(t: Tensor, pgd: bool) -> tuple[Tensor, Tensor]:
 def step_pass(
     rows: Rows, Yn: Tensor, Mt: Tensor, w: Tensor, lam1: Tensor, lam2: float, at_new: bool
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, tuple[Tensor, Tensor] | None]:
-    """One fused pass over ``X`` (:func:`.products.left_then_right`): ``M`` at the new point,
+    """One fused pass over ``X`` (:meth:`.Rows.left_then_right`): ``M`` at the new point,
     ``Mt_new = Yn X`` with ``Yn = (Y − α_new)ᵀ``, then the next extrapolated point's
-    ``My = lerp(Mt, Mt_new, w)`` with its feature norms and scores (as :func:`scores`); with
-    ``at_new``, the scores at the new point too (its certificate). Returns
+    ``My = lerp(Mt, Mt_new, w)`` with its feature norms and scores (as :func:`.problem.scores`);
+    with ``at_new``, the scores at the new point too (its certificate). Returns
     ``(Mt_new, My, nrm, S, (nrm_new, S_new) or None)``.
     """
     B, K, _ = Yn.shape
