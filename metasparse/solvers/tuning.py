@@ -93,3 +93,14 @@ CG_TOL = {torch.float64: 1e-11, torch.float32: 1e-5}
 # features active it loses (0.97-3.5).
 DIRECT_FACE = 128
 DIRECT_ACTIVE = 0.25
+# The "auto" backward runs CG only beyond tiny episodes, n·K·p > CG_MIN_SIZE; below, the dense
+# system is at most a few hundred coordinates. Not from a recorded measurement.
+CG_MIN_SIZE = 2e4
+# The CG backward works on the active features only (gathered) when at most GATHER_ACTIVE of
+# the features are active. Not from a recorded measurement.
+GATHER_ACTIVE = 0.6
+# The CG preconditioner's Gram is the forward's, updated on the features whose weight differs
+# when they are fewer than 1/GRAM_UPDATE_SHARE of the (active) features; with more, used as it
+# is. 15-shot, 5-way, 8 episodes, λ1/λ_max = 0.1-0.3: CG products the same or one more
+# (p = 16000, 0.1: 6 instead of 5), while the update (4000 features there) cost two products.
+GRAM_UPDATE_SHARE = 16

@@ -39,11 +39,11 @@ from metasparse.solvers.svm.problem import (
 
 def use_cg_backward(solve: str, tau: float, n: int, K: int, p: int) -> bool:
     """Whether the SVM backward runs matrix-free CG (``"cg"``, or ``"auto"`` beyond tiny
-    episodes ``n·K·p > 2e4``) rather than the dense system; never at τ = 0, where the system
-    may be singular and only the dense min-norm solve is right."""
+    episodes, ``n·K·p > tuning.CG_MIN_SIZE``) rather than the dense system; never at τ = 0,
+    where the system may be singular and only the dense min-norm solve is right."""
     if solve not in ("auto", "dense", "cg"):
         raise ValueError(f"backward solve must be 'auto', 'dense' or 'cg', got {solve!r}")
-    return tau > 0 and (solve == "cg" or (solve == "auto" and n * K * p > 2e4))
+    return tau > 0 and (solve == "cg" or (solve == "auto" and n * K * p > tuning.CG_MIN_SIZE))
 
 
 def svm_backward_cg(
@@ -98,7 +98,7 @@ def svm_backward_cg(
     # 1 − c_j/2 (which needs a full weighted Gram), but for one more at 0.01 / p = 16000 and
     # at 0.1 / p = 2560
     omega = act.to(dt)
-    gathered = n_act <= 0.6 * p_full
+    gathered = n_act <= tuning.GATHER_ACTIVE * p_full
     X_all, omega_all = X, omega  # for the preconditioner's Gram (from the forward's)
     idx = None
     if gathered:  # sparse solution: work on active features only
@@ -153,10 +153,8 @@ def svm_backward_cg(
             Gw = weighted_gram(X, omega)
         else:
             # the forward's Gram, updated on the features whose weight differs when they are
-            # few; with more, as it is (it weighs them 1 instead of 0). 15-shot, 5-way, 8
-            # episodes, λ1/λ_max = 0.1-0.3: CG products the same or one more (p = 16000, 0.1:
-            # 6 instead of 5), while the update (4000 features there) cost two products
-            limit = (n_act if gathered else p_full) // 16
+            # few; with more, as it is (it weighs them 1 instead of 0; tuning.GRAM_UPDATE_SHARE)
+            limit = (n_act if gathered else p_full) // tuning.GRAM_UPDATE_SHARE
             Gw = gram_from_forward(X_all, omega_all, gram, limit)
             Gw = gram[0] if Gw is None else Gw
         precond = face_preconditioner(Gw.to(f64) / lam2, m, tau)
@@ -312,7 +310,7 @@ def svm_dual_root(
     ``method="closed_form"`` solves the KKT system of :func:`svm_dual_system` in float64, with
     ``solve="dense"`` (Cholesky of the explicit matrix), ``"cg"`` (matrix-free preconditioned
     CG, :func:`svm_backward_cg`; τ > 0 only) or ``"auto"`` (CG unless τ = 0 or the episode is
-    tiny, ``n·K·p ≤ 2e4``). ``method="generic"`` differentiates the
+    tiny, ``n·K·p ≤ tuning.CG_MIN_SIZE = 2e4``). ``method="generic"`` differentiates the
     projected-gradient fixed point ``α = proj_Δ(α − η ∇D(α, X))`` with :func:`implicit_root`
     (dense; for checks on small problems). Both differentiate w.r.t. ``lam1`` when it carries
     a graph (``∇D`` depends on it through the block soft-threshold). At ``τ = 0``
