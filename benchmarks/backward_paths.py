@@ -39,11 +39,10 @@ def _child(shot: int, p: int, ratio: float, tau: float, backward: str, dtype: st
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
     from head_speed import LAM2, _episodes
 
-    import metasparse.solvers.implicit as implicit
-    from metasparse.solvers import solve_group_sparse_svm
+    from metasparse.solvers import solve_group_sparse_svm, tuning
 
     if backward == "cg-only":  # never the direct solve on small faces
-        implicit.DIRECT_FACE, backward = 0, "auto"
+        tuning.DIRECT_FACE, backward = 0, "auto"
     torch.set_num_threads(1)
     support, query, labels = _episodes(8, 5, shot, p, 30, "cpu", 0)
     support, query = support.to(getattr(torch, dtype)), query.to(getattr(torch, dtype))

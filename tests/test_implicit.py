@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metasparse.solvers.implicit import custom_root, implicit_root
+from metasparse.solvers.root import custom_root, implicit_root
 
 
 def _bst(V: torch.Tensor, thr: torch.Tensor | float) -> torch.Tensor:
@@ -108,7 +108,7 @@ def test_iterative_solves_warn_when_out_of_steps(solve):
     # step a warning that names the residual reached (the gradient is then approximate)
     import warnings
 
-    from metasparse.solvers.implicit import solve_transposed
+    from metasparse.solvers.root import solve_transposed
 
     X, _ = _problem(seed=4, p=8)
     z = torch.randn(2, 8, 1, dtype=X.dtype, requires_grad=True)
@@ -124,7 +124,7 @@ def test_iterative_solves_warn_when_out_of_steps(solve):
 
 
 def test_pcg_matches_a_direct_solve_with_and_without_a_preconditioner():
-    from metasparse.solvers.implicit import _pcg
+    from metasparse.solvers.root import pcg
 
     g = torch.Generator().manual_seed(5)
     B = torch.randn(3, 10, 10, generator=g, dtype=torch.float64)
@@ -133,10 +133,10 @@ def test_pcg_matches_a_direct_solve_with_and_without_a_preconditioner():
     ref = torch.linalg.solve(A.unsqueeze(1), b.mT.unsqueeze(-1)).squeeze(-1).mT
     jacobi = A.diagonal(dim1=1, dim2=2).unsqueeze(-1)
     for precond in (None, lambda r: r / jacobi):
-        x, res = _pcg(lambda v: A @ v, b, 1e-10, 100, precond)
+        x, res = pcg(lambda v: A @ v, b, 1e-10, 100, precond)
         assert res == 0.0
         torch.testing.assert_close(x, ref, rtol=1e-7, atol=1e-8)
-    x, res = _pcg(lambda v: A @ v, b, 1e-10, 2)
+    x, res = pcg(lambda v: A @ v, b, 1e-10, 2)
     assert res > 1e-10  # out of steps: the residual it reached comes back
 
 
@@ -152,7 +152,7 @@ def test_dense_solve_is_safe_after_raising_the_thread_count():
     # batched CPU LU returns invalid pivots after torch.set_num_threads(2) (a PyTorch bug,
     # reproduced here at 8 × 200 × 200 in float32); the dense implicit solve factorises one task
     # at a time instead (conftest restores one thread afterwards)
-    from metasparse.solvers.implicit import _solve_per_task
+    from metasparse.solvers.root import _solve_per_task
 
     g = torch.Generator().manual_seed(3)
     m = 200

@@ -7,9 +7,9 @@ import warnings
 import pytest
 import torch
 
-from metasparse.solvers import products, solve_group_sparse_svm
-from metasparse.solvers.group_sparse_svm import _Rows
+from metasparse.solvers import products, solve_group_sparse_svm, tuning
 from metasparse.solvers.products import left_then_right
+from metasparse.solvers.rows import Rows
 
 
 def _onednn_or_skip() -> None:
@@ -21,8 +21,8 @@ def _onednn_or_skip() -> None:
 def everywhere(monkeypatch):
     """oneDNN for every float32 CPU operand, however small (the thresholds are speed choices)."""
     _onednn_or_skip()
-    monkeypatch.setattr(products, "_THIN_MIN", 0)
-    monkeypatch.setattr(products, "_GRAM_MIN", 0)
+    monkeypatch.setattr(tuning, "THIN_MIN", 0)
+    monkeypatch.setattr(tuning, "GRAM_MIN", 0)
 
 
 def _data(B=3, n=7, p=50, m=4, seed=0):
@@ -85,8 +85,8 @@ def test_a_missing_or_failing_op_falls_back_to_matmul_with_one_warning(monkeypat
 
     monkeypatch.setattr(products, "_linear", broken)
     monkeypatch.setattr(products, "_checked", None)
-    monkeypatch.setattr(products, "_THIN_MIN", 0)
-    monkeypatch.setattr(products, "_GRAM_MIN", 0)
+    monkeypatch.setattr(tuning, "THIN_MIN", 0)
+    monkeypatch.setattr(tuning, "GRAM_MIN", 0)
     X, A, W = _data()
     with pytest.warns(RuntimeWarning, match="oneDNN product is unavailable.*no such op"):
         torch.testing.assert_close(products.left(A, X), A @ X)
@@ -98,7 +98,7 @@ def test_a_missing_or_failing_op_falls_back_to_matmul_with_one_warning(monkeypat
 
 
 def test_rows_and_fused_passes_run_whole_through_onednn(everywhere, monkeypatch):
-    monkeypatch.setattr(products, "_FUSE_BYTES", 0)  # X would be chunked without oneDNN
+    monkeypatch.setattr(tuning, "FUSE_BYTES", 0)  # X would be chunked without oneDNN
     X, A, _ = _data(p=2000)
     seen = []
 
@@ -111,8 +111,8 @@ def test_rows_and_fused_passes_run_whole_through_onednn(everywhere, monkeypatch)
     assert seen == [slice(None)]  # one whole map, no chunks
     torch.testing.assert_close(left, A @ X)
     torch.testing.assert_close(out, X @ (2.0 * (A @ X)).mT, rtol=1e-4, atol=1e-4)
-    rows = _Rows(X).subset(torch.tensor([True, False, True]))
-    assert not rows.fuses() and _Rows(X).fuses()
+    rows = Rows(X).subset(torch.tensor([True, False, True]))
+    assert not rows.fuses() and Rows(X).fuses()
     torch.testing.assert_close(rows.left(A[:2]), A[:2] @ X[[0, 2]])
     torch.testing.assert_close(rows.gram().float(), X[[0, 2]] @ X[[0, 2]].mT, rtol=1e-5, atol=1e-3)
 
@@ -126,8 +126,8 @@ def test_the_solver_certifies_the_same_solution_through_onednn(monkeypatch):
     y = torch.arange(5).repeat_interleave(6).expand(3, -1).contiguous()
     runs = {}
     for onednn in (False, True):
-        monkeypatch.setattr(products, "_THIN_MIN", 0 if onednn else 10**12)
-        monkeypatch.setattr(products, "_GRAM_MIN", 0 if onednn else 10**12)
+        monkeypatch.setattr(tuning, "THIN_MIN", 0 if onednn else 10**12)
+        monkeypatch.setattr(tuning, "GRAM_MIN", 0 if onednn else 10**12)
         for ratio in (0.05, 0.5):
             Xg = X.clone().requires_grad_(True)
             res = solve_group_sparse_svm(Xg, y, 5, lam_ratio=ratio, tol=1e-5)

@@ -9,13 +9,29 @@ import numpy as np
 import pytest
 import torch
 
+import metasparse.solvers.svm.backward as svm_backward
 from metasparse.solvers import (
     GroupSparseSVMSolver,
     lambda_max,
     objectives,
     products,
     solve_group_sparse_svm,
+    tuning,
 )
+from metasparse.solvers.linalg import padded_index
+from metasparse.solvers.rows import Rows
+from metasparse.solvers.svm import fista, problem
+from metasparse.solvers.svm.face import gram_from_forward, weighted_gram
+from metasparse.solvers.svm.metric import Metric
+from metasparse.solvers.svm.problem import (
+    column_norms,
+    dual_gradient,
+    dual_hessian,
+    lambda_max_unchecked,
+    onehot,
+    project_simplex,
+)
+from metasparse.solvers.svm.steps import ridge_warm_start
 
 cp = pytest.importorskip("cvxpy")
 
@@ -124,8 +140,6 @@ def test_features_used_decreases_with_lam_ratio():
 
 @pytest.mark.parametrize("backward", ["dense", "cg", "direct", "generic"])
 def test_gradient_matches_finite_differences(backward, monkeypatch):
-    import metasparse.solvers.implicit as implicit
-
     X, labels = _episode(seed=6, T=2, n=8, p=6)
     lam1 = torch.tensor([0.4, 0.6], dtype=torch.float64)
     # no ridge start: its grid search may pick different points at X ± εD (see below)
@@ -133,9 +147,10 @@ def test_gradient_matches_finite_differences(backward, monkeypatch):
     Xg = X.clone().requires_grad_(True)
     ran = []
     if backward == "direct":  # the CG backward's direct solve on the face, forced
-        direct = implicit._direct_face_solve
-        monkeypatch.setattr(implicit, "DIRECT_ACTIVE", 1.0)
-        monkeypatch.setattr(implicit, "_direct_face_solve", lambda *a: ran.append(1) or direct(*a))
+        direct = svm_backward.direct_face_solve
+        monkeypatch.setattr(tuning, "DIRECT_ACTIVE", 1.0)
+        spy = lambda *a: ran.append(1) or direct(*a)  # noqa: E731
+        monkeypatch.setattr(svm_backward, "direct_face_solve", spy)
     res = solve_group_sparse_svm(Xg, labels, 3, backward=backward.replace("direct", "cg"), **kw)
     C = torch.randn_like(res.weights)
     (g,) = torch.autograd.grad((res.weights * C).sum(), Xg)
@@ -216,16 +231,14 @@ def test_warm_start_and_all_methods_agree():
 def test_working_set_gives_the_full_problem_solution(monkeypatch):
     # sparse solutions: the iterations run on a subset of features, violators are added back
     # and the certificate is the full problem's
-    from metasparse.solvers.group_sparse_svm import GroupSparseSVMSolver as Solver
-
     calls = []
-    orig = Solver._run
+    orig = GroupSparseSVMSolver._run
 
     def spy(self, rows, *args, **kwargs):
         calls.append(rows.X.shape[2])
         return orig(self, rows, *args, **kwargs)
 
-    monkeypatch.setattr(Solver, "_run", spy)
+    monkeypatch.setattr(GroupSparseSVMSolver, "_run", spy)
     g = torch.Generator().manual_seed(11)
     X = torch.relu(torch.randn(4, 30, 400, generator=g, dtype=torch.float64))
     labels = torch.arange(5).repeat_interleave(6).expand(4, -1)
@@ -314,11 +327,9 @@ def test_metric_prox_solves_its_quadratic_program(tau, scaled):
     """The variable-metric prox (semismooth Newton on the dualised low-rank part) returns the
     minimiser of ⟨g, α⟩ + ½‖α − y‖²_{sQ} over the simplices (``s`` per task, or 1): checked
     against many projected gradient steps on the same strongly convex problem."""
-    from metasparse.solvers.group_sparse_svm import _Metric, project_simplex
-
     g = torch.Generator().manual_seed(12)
     X = torch.relu(torch.randn(3, 12, 40, generator=g, dtype=torch.float64)) + 0.5
-    metric = _Metric.from_features(X, lam2=2.0, tau=tau, rank=3)
+    metric = Metric.from_features(X, lam2=2.0, tau=tau, rank=3)
     assert metric.V.shape[-1] == 3 and bool((metric.lam > 0).all())
     y = project_simplex(torch.randn(3, 12, 4, generator=g, dtype=torch.float64))
     grad = 3 * torch.randn(3, 12, 4, generator=g, dtype=torch.float64)
@@ -341,12 +352,9 @@ def test_metric_prox_solves_its_quadratic_program(tau, scaled):
 
 def test_task_subsets_by_views_match_copies():
     # the solver's compaction works on per-task views of X instead of copying X[keep]
-    from metasparse.solvers.group_sparse_svm import _Rows
-    from metasparse.solvers.implicit import _padded_index
-
     g = torch.Generator().manual_seed(21)
     X = torch.randn(5, 6, 40, generator=g, dtype=torch.float64)
-    rows = _Rows(X).subset(torch.tensor([True, False, True, True, False]))
+    rows = Rows(X).subset(torch.tensor([True, False, True, True, False]))
     rows = rows.subset(torch.tensor([False, True, True]))  # tasks 2 and 3 of the original
     assert rows.ids == [2, 3]
     Xs = X[[2, 3]]
@@ -355,17 +363,15 @@ def test_task_subsets_by_views_match_copies():
     torch.testing.assert_close(rows.left(A), A @ Xs)
     torch.testing.assert_close(rows.right(W), Xs @ W.transpose(1, 2))
     torch.testing.assert_close(rows.gram(), Xs @ Xs.transpose(1, 2))
-    idx, valid = _padded_index(torch.rand(2, 40, generator=g) < 0.3)
+    idx, valid = padded_index(torch.rand(2, 40, generator=g) < 0.3)
     ref = Xs.gather(2, idx.unsqueeze(1).expand(-1, 6, -1)) * valid.unsqueeze(1)
     torch.testing.assert_close(rows.gather_features(idx, valid), ref)
-    assert _Rows(X).subset(torch.ones(5, dtype=torch.bool)).ids is None  # all tasks: no loop
+    assert Rows(X).subset(torch.ones(5, dtype=torch.bool)).ids is None  # all tasks: no loop
 
 
 @pytest.mark.parametrize("masked", [False, True])
 def test_preconditioner_gram_from_the_forward_matches_the_direct_one(masked):
     # the backward's weighted Gram rebuilt from the forward's X_S X_Sᵀ by a gathered update
-    from metasparse.solvers.implicit import _gram_from_forward, _weighted_gram
-
     g = torch.Generator().manual_seed(22)
     X = torch.randn(3, 7, 60, generator=g, dtype=torch.float64)
     c = torch.rand(3, 60, generator=g, dtype=torch.float64)
@@ -377,10 +383,10 @@ def test_preconditioner_gram_from_the_forward_matches_the_direct_one(masked):
     Xm = X if mask is None else X * mask.unsqueeze(1)
     G = Xm @ Xm.transpose(1, 2)
     omega = torch.where(act, torch.where(c < 0.8, 1.0, c), 0.0)  # any weights will do
-    direct = _weighted_gram(X, omega)
-    upd = _gram_from_forward(X, omega, (G, mask), limit=60)
+    direct = weighted_gram(X, omega)
+    upd = gram_from_forward(X, omega, (G, mask), limit=60)
     torch.testing.assert_close(upd, direct, rtol=1e-12, atol=1e-10)
-    assert _gram_from_forward(X, omega, (G, mask), limit=1) is None  # too many: not cheaper
+    assert gram_from_forward(X, omega, (G, mask), limit=1) is None  # too many: not cheaper
 
 
 @pytest.mark.parametrize("lam_ratio, updated", [(0.01, True), (0.6, False)])
@@ -389,25 +395,22 @@ def test_solver_hands_its_m_and_gram_to_the_backward(lam_ratio, updated, monkeyp
     # iterated on; the fused backward gives the same gradient with or without them (the
     # preconditioner's Gram is the forward's plus a small update, or with many differing
     # weights the forward's as it is; 0.6: the working set's Gram, 7 of 90 features differ)
-    import metasparse.solvers.implicit as imp
-
     updates = []
-    orig = imp._gram_from_forward
+    orig = svm_backward.gram_from_forward
 
     def spy(*args):
         out = orig(*args)
         updates.append(out is not None)
         return out
 
-    monkeypatch.setattr(imp, "_gram_from_forward", spy)
-    monkeypatch.setattr(imp, "DIRECT_FACE", 0)  # the CG path (0.6 would take the direct one)
+    monkeypatch.setattr(svm_backward, "gram_from_forward", spy)
+    monkeypatch.setattr(tuning, "DIRECT_FACE", 0)  # the CG path (0.6 would take the direct one)
     from metasparse.solvers import svm_weights
-    from metasparse.solvers.group_sparse_svm import _onehot
 
     g = torch.Generator().manual_seed(23)
     X = torch.relu(torch.randn(3, 12, 300, generator=g, dtype=torch.float64))
     labels = torch.arange(4).repeat_interleave(3).expand(3, -1)
-    Y = _onehot(labels, 4, X.dtype)
+    Y = onehot(labels, 4, X.dtype)
     lam1 = lam_ratio * lambda_max(X, labels, 4, tau=0.1)
     out = GroupSparseSVMSolver(lam2=10.0, tau=0.1, tol=1e-10).run(X, Y, lam1)
     torch.testing.assert_close(out.Mt, (Y - out.alpha).transpose(1, 2) @ X)
@@ -446,41 +449,36 @@ def test_working_set_out_of_budget_reports_the_full_problems_gap(max_iter):
 
 
 def test_cg_backward_says_when_it_stops_short():
-    from metasparse.solvers.group_sparse_svm import _onehot
-    from metasparse.solvers.implicit import _svm_backward_cg
-
     X, labels = _episode(seed=25, T=2, n=12, p=40)
-    Y = _onehot(labels, 3, X.dtype)
+    Y = onehot(labels, 3, X.dtype)
     res = solve_group_sparse_svm(X, labels, 3, lam_ratio=0.2, lam2=0.5, tau=0.05, tol=1e-12)
     alpha = res.dual.detach()
     ga = torch.randn_like(alpha)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # converged: silent
-        full = _svm_backward_cg(alpha, X, Y, res.lam1, 0.5, 0.05, ga)
+        full = svm_backward.svm_backward_cg(alpha, X, Y, res.lam1, 0.5, 0.05, ga)
     with pytest.warns(RuntimeWarning, match="CG stopped after 1 steps"):
-        short = _svm_backward_cg(alpha, X, Y, res.lam1, 0.5, 0.05, ga, maxiter=1)
+        short = svm_backward.svm_backward_cg(alpha, X, Y, res.lam1, 0.5, 0.05, ga, maxiter=1)
     assert not torch.allclose(full, short)
 
 
 @pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-8), (torch.float32, 1e-4)])
 def test_direct_face_solve_matches_cg(monkeypatch, dtype, rtol):
     # sparse solutions with small faces take one dense solve instead of CG: same gradient
-    import metasparse.solvers.implicit as implicit
-
     X, labels = _episode(seed=27, T=3, n=10, p=600, K=5, dtype=dtype)
     X = torch.relu(X)
     calls = []
-    direct = implicit._direct_face_solve
+    direct = svm_backward.direct_face_solve
 
     def counted(*args):
         calls.append(1)
         return direct(*args)
 
-    monkeypatch.setattr(implicit, "_direct_face_solve", counted)
+    monkeypatch.setattr(svm_backward, "direct_face_solve", counted)
     tol = 1e-10 if dtype == torch.float64 else 1e-6
 
     def grad(limit: int) -> tuple[torch.Tensor, torch.Tensor]:
-        monkeypatch.setattr(implicit, "DIRECT_FACE", limit)
+        monkeypatch.setattr(tuning, "DIRECT_FACE", limit)
         S = X.clone().requires_grad_(True)
         res = solve_group_sparse_svm(S, labels, 5, lam_ratio=0.6, lam2=10.0, tau=0.1, tol=tol)
         torch.manual_seed(0)
@@ -488,7 +486,7 @@ def test_direct_face_solve_matches_cg(monkeypatch, dtype, rtol):
         return S.grad, res.features_used
 
     g_cg, used = grad(0)
-    assert calls == [] and float(used.max()) <= implicit.DIRECT_ACTIVE  # sparse: eligible
+    assert calls == [] and float(used.max()) <= tuning.DIRECT_ACTIVE  # sparse: eligible
     g_direct, _ = grad(10**6)
     assert calls == [1]
     torch.testing.assert_close(g_direct, g_cg, rtol=rtol, atol=rtol * float(g_cg.abs().max()))
@@ -534,26 +532,17 @@ def test_without_the_polish_badly_conditioned_episodes_stall():
 
 def _hessian_point(seed: int):
     """A small 3-way episode, λ1 = 0.3 λ_max, and a random dual point with its (Y − α)ᵀX."""
-    from metasparse.solvers.group_sparse_svm import _lambda_max, project_simplex
-
     X, labels = _episode(seed=seed, T=2, n=6, p=10, K=3)
     Y = torch.eye(3, dtype=X.dtype)[labels]
-    lam1 = 0.3 * _lambda_max(X, Y, 0.1)
+    lam1 = 0.3 * lambda_max_unchecked(X, Y, 0.1)
     g = torch.Generator().manual_seed(seed)
     a = project_simplex(3 * torch.rand(2, 6, 3, generator=g, dtype=X.dtype))
     return X, Y, lam1, a, (Y - a).transpose(1, 2) @ X
 
 
 def test_dual_hessian_matches_autograd():
-    from metasparse.solvers.group_sparse_svm import (
-        _dual_hessian,
-        _Rows,
-        column_norms,
-        dual_gradient,
-    )
-
     X, Y, lam1, a, Mt = _hessian_point(31)
-    H = _dual_hessian(_Rows(X), Mt, column_norms(Mt), lam1, 10.0, 0.1, chunk=3)
+    H = dual_hessian(Rows(X), Mt, column_norms(Mt), lam1, 10.0, 0.1, chunk=3)
     J = torch.autograd.functional.jacobian(lambda z: dual_gradient(z, X, Y, lam1, 10.0, 0.1), a)
     ref = torch.stack([J[t, :, :, t].reshape(18, 18) for t in range(2)])
     active = column_norms(Mt) > lam1.unsqueeze(-1)
@@ -564,21 +553,19 @@ def test_dual_hessian_matches_autograd():
 def test_dual_hessian_on_slots_is_the_full_hessians_submatrix():
     # the dense backward builds ∇²D only on the face coordinates, in feature chunks and in X's
     # dtype: the same numbers as the full float64 Hessian's rows and columns of those slots
-    from metasparse.solvers.group_sparse_svm import _dual_hessian, _Rows, column_norms
-
     X, _, lam1, _, Mt = _hessian_point(32)
     g = torch.Generator().manual_seed(1)
-    full = _dual_hessian(_Rows(X), Mt, column_norms(Mt), lam1, 10.0, 0.1)
+    full = dual_hessian(Rows(X), Mt, column_norms(Mt), lam1, 10.0, 0.1)
     sidx = torch.stack([torch.randperm(18, generator=g)[:7] for _ in range(2)])
     ref = full.gather(1, sidx.unsqueeze(-1).expand(2, 7, 18))
     ref = ref.gather(2, sidx.unsqueeze(1).expand(2, 7, 7))
     slots = (sidx // 3, sidx % 3)
     for chunk in (3, 1024):
-        sub = _dual_hessian(_Rows(X), Mt, column_norms(Mt), lam1, 10.0, 0.1, chunk, slots)
+        sub = dual_hessian(Rows(X), Mt, column_norms(Mt), lam1, 10.0, 0.1, chunk, slots)
         torch.testing.assert_close(sub, ref, rtol=1e-12, atol=1e-14)
     Mt32 = Mt.float()
-    sub32 = _dual_hessian(
-        _Rows(X.float()), Mt32, column_norms(Mt32), lam1.float(), 10.0, 0.1, 4, slots,
+    sub32 = dual_hessian(
+        Rows(X.float()), Mt32, column_norms(Mt32), lam1.float(), 10.0, 0.1, 4, slots,
         dtype=torch.float32,
     )  # fmt: skip
     assert sub32.dtype == torch.float64
@@ -605,17 +592,15 @@ def _sparse_episode():
 def test_adaptive_metric_scale_gives_the_same_solution_in_fewer_iterations(monkeypatch):
     # sparse solutions meet a fraction of the metric's curvature: the working-set rounds take
     # their steps in s·Q with s < 1, and land on the fixed metric's solution
-    import metasparse.solvers.group_sparse_svm as gs
-
     scales = []
-    orig = gs._adapt_scale
+    orig = fista.adapt_scale
 
     def spy(*args):
         out = orig(*args)
         scales.append(float(out[2].min()))
         return out
 
-    monkeypatch.setattr(gs, "_adapt_scale", spy)
+    monkeypatch.setattr(fista, "adapt_scale", spy)
     X, labels = _sparse_episode()
     kw = dict(lam_ratio=0.5, lam2=10.0, tau=0.1, tol=1e-9)
     ada = solve_group_sparse_svm(X, labels, 5, **kw)
@@ -636,13 +621,11 @@ def test_a_step_that_breaks_the_majorisation_is_rejected_and_the_solve_recovers(
     # force one far too small scale: the next step overshoots, is rejected (the task stays at
     # its point, raises its scale and sets a floor from the curvature it met), and the solve
     # still certifies, in about the iterations it takes unforced
-    import metasparse.solvers.group_sparse_svm as gs
-
     X, labels = _sparse_episode()
     kw = dict(lam_ratio=0.5, lam2=10.0, tau=0.1, tol=1e-9)
     unforced = solve_group_sparse_svm(X, labels, 5, **kw)
     rejected = []
-    orig = gs._adapt_scale
+    orig = fista.adapt_scale
 
     def undershoot(*args):
         new, Mt_new, s, rej = orig(*args)
@@ -651,7 +634,7 @@ def test_a_step_that_breaks_the_majorisation_is_rejected_and_the_solve_recovers(
             s = torch.full_like(s, 1e-3)
         return new, Mt_new, s, rej
 
-    monkeypatch.setattr(gs, "_adapt_scale", undershoot)
+    monkeypatch.setattr(fista, "adapt_scale", undershoot)
     res = solve_group_sparse_svm(X, labels, 5, **kw)
     assert bool(rejected[1].all()), "the overshooting step was not rejected"
     later = sum(int(r.sum()) for r in rejected[2:])
@@ -667,10 +650,8 @@ def test_a_step_that_breaks_the_majorisation_is_rejected_and_the_solve_recovers(
 def test_left_then_right_in_chunks_matches_the_two_products(p, monkeypatch):
     # the fused pass runs X's features chunk by chunk (every feature once, in order); its
     # result and the stored left product are those of the two whole products
-    import metasparse.solvers.group_sparse_svm as gs
-
-    monkeypatch.setattr(products, "_FUSE_BYTES", 0)
-    monkeypatch.setattr(products, "_CHUNK_BYTES", 3 * 6 * 128 * 8)  # 128 features per chunk
+    monkeypatch.setattr(tuning, "FUSE_BYTES", 0)
+    monkeypatch.setattr(tuning, "CHUNK_BYTES", 3 * 6 * 128 * 8)  # 128 features per chunk
     g = torch.Generator().manual_seed(5)
     X = torch.randn(3, 6, p, generator=g, dtype=torch.float64)
     # chunks on one thread only (never set_num_threads here: qpth's batched LU breaks after it)
@@ -692,10 +673,10 @@ def test_left_then_right_in_chunks_matches_the_two_products(p, monkeypatch):
     torch.testing.assert_close(left, M)
     torch.testing.assert_close(out, X @ torch.cat([M * w, M.square()], 1).transpose(1, 2))
     assert [a for a, _ in seen] == list(range(0, p, 128)) and seen[-1][1] == p
-    rows = gs._Rows(X).subset(torch.tensor([True, False, True]))  # per-task views: whole
+    rows = Rows(X).subset(torch.tensor([True, False, True]))  # per-task views: whole
     sub = rows.left_then_right(A[[0, 2]], lambda M, c: M * w[[0, 2]][:, :, c])
     torch.testing.assert_close(sub, X[[0, 2]] @ (M[[0, 2]] * w[[0, 2]]).transpose(1, 2))
-    assert not rows.fuses() and gs._Rows(X).fuses()
+    assert not rows.fuses() and Rows(X).fuses()
 
 
 @pytest.mark.parametrize("check_every", [1, 3])
@@ -703,39 +684,37 @@ def test_fused_solver_steps_take_the_same_path(check_every, monkeypatch):
     # where X is large, each step's M at the new point and the next step's scores come from
     # one fused pass (with the new point's scores when its certificate will be needed):
     # the iterates, certificates and counts are those of the separate passes
-    import metasparse.solvers.group_sparse_svm as gs
-
     g = torch.Generator().manual_seed(8)
     X = torch.relu(torch.randn(3, 20, 700, generator=g, dtype=torch.float64))
     labels = torch.arange(4).repeat_interleave(5).expand(3, -1)
-    Y = gs._onehot(labels, 4, X.dtype)
+    Y = onehot(labels, 4, X.dtype)
     lam1 = 0.3 * lambda_max(X, labels, 4, tau=0.1)
     # tol 1e-10: every certificate of this solve lies ≥ 12% away from it (measured), so
     # round-off in the gaps (≤ 1e-6 relative, below) cannot move a stop by an iteration
     kw = dict(lam2=10.0, tau=0.1, tol=1e-10, working_set=False, check_every=check_every)
     primal = []  # P of every certificate, in order
-    cert = gs._certificate
+    cert = fista.certificate
 
     def record(*args):
         out = cert(*args)
         primal.append(out[0])
         return out
 
-    monkeypatch.setattr(gs, "_certificate", record)
+    monkeypatch.setattr(fista, "certificate", record)
     plain = GroupSparseSVMSolver(**kw).run(X, Y, lam1)
     plain_primal = list(primal)
     primal.clear()
     calls = []
-    orig = gs._step_pass
+    orig = fista.step_pass
 
     def spy(*args):
         out = orig(*args)
         calls.append(out[-1] is not None)
         return out
 
-    monkeypatch.setattr(gs, "_step_pass", spy)
-    monkeypatch.setattr(products, "_FUSE_BYTES", 0)
-    monkeypatch.setattr(products, "_CHUNK_BYTES", 3 * 20 * 128 * 8)
+    monkeypatch.setattr(fista, "step_pass", spy)
+    monkeypatch.setattr(tuning, "FUSE_BYTES", 0)
+    monkeypatch.setattr(tuning, "CHUNK_BYTES", 3 * 20 * 128 * 8)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # the chunks' condition
     fused = GroupSparseSVMSolver(**kw).run(X, Y, lam1)
     # every certificate (at y and at α alike) on the same primal values, up to the summation
@@ -759,9 +738,7 @@ def test_fused_solver_steps_take_the_same_path(check_every, monkeypatch):
 def test_a_loss_blind_to_the_weights_gets_a_zero_gradient(direct_face, monkeypatch):
     # Σ_k W_k = 0 identically (M_j sums to zero over classes), so W.sum() has gradient 0: the
     # implicit system's right-hand side is round-off, on which CG broke down into NaN
-    import metasparse.solvers.implicit as imp
-
-    monkeypatch.setattr(imp, "DIRECT_FACE", direct_face)
+    monkeypatch.setattr(tuning, "DIRECT_FACE", direct_face)
     g = torch.Generator().manual_seed(23)
     X = torch.relu(torch.randn(3, 12, 300, generator=g, dtype=torch.float64))
     labels = torch.arange(4).repeat_interleave(3).expand(3, -1)
@@ -779,36 +756,34 @@ def test_ridge_start_moves_down_the_dual_and_saves_iterations(ratio, monkeypatch
     # dense solutions start from the best point of the dual on the segment to a few FISTA
     # steps on the λ1 = 0 dual (in the Gram matrix): never worse than the cold start, the
     # same certified solution, fewer iterations at small λ1/λ_max
-    import metasparse.solvers.group_sparse_svm as gs
-
-    monkeypatch.setattr(gs, "_RIDGE_MIN_SIZE", 0)  # the test's X is small
+    monkeypatch.setattr(tuning, "RIDGE_MIN_SIZE", 0)  # the test's X is small
     g = torch.Generator().manual_seed(0)
     X = torch.relu(torch.randn(4, 20, 300, generator=g, dtype=torch.float64))
     labels = torch.arange(4).repeat_interleave(5).expand(4, -1)
-    Y = gs._onehot(labels, 4, X.dtype)
+    Y = onehot(labels, 4, X.dtype)
     kw = dict(lam2=10.0, tau=0.05, tol=1e-9, working_set=False)
     lam1 = ratio * lambda_max(X, labels, 4, tau=0.05)
-    a0 = gs._alpha_at_zero(Y, 0.05)
+    a0 = problem.alpha_at_zero(Y, 0.05)
     solver = GroupSparseSVMSolver(**kw)
-    rows = gs._Rows(X)
+    rows = Rows(X)
     Mt0 = rows.left((Y - a0).transpose(1, 2))
     steps = []  # the FISTA steps on the λ1 = 0 dual
-    prox = gs._Metric.prox
+    prox = Metric.prox
 
     def spy(*args):
         out = prox(*args)
         steps.append(out[0])
         return out
 
-    monkeypatch.setattr(gs._Metric, "prox", spy)
-    a, Mt = gs._ridge_start(rows, Y, lam1, a0, Mt0, solver._metric(rows, 4), 10.0, 0.05, 3)
-    monkeypatch.setattr(gs._Metric, "prox", prox)
+    monkeypatch.setattr(Metric, "prox", spy)
+    a, Mt = ridge_warm_start(rows, Y, lam1, a0, Mt0, solver._metric(rows, 4), 10.0, 0.05, 3)
+    monkeypatch.setattr(Metric, "prox", prox)
     assert len(steps) == 3
     torch.testing.assert_close(a.sum(-1), torch.ones(4, 20, dtype=X.dtype))
     assert bool((a >= 0).all())
     torch.testing.assert_close(Mt, (Y - a).transpose(1, 2) @ X)
     # the chosen point is the grid's best by the exact dual, below the start's
-    s = torch.linspace(0, 1, gs._RIDGE_GRID, dtype=X.dtype)
+    s = torch.linspace(0, 1, tuning.RIDGE_GRID, dtype=X.dtype)
     exact = torch.stack(
         [-objectives(a0 + t * (steps[-1] - a0), X, Y, lam1, 10.0, 0.05)[1] for t in s.tolist()]
     )  # (grid, T)
@@ -818,8 +793,8 @@ def test_ridge_start_moves_down_the_dual_and_saves_iterations(ratio, monkeypatch
     cold = GroupSparseSVMSolver(**kw, ridge_start=0).run(X, Y, lam1)
     assert bool((with_start.gap <= 1e-9).all() and (cold.gap <= 1e-9).all())
     assert int(with_start.iterations.sum()) < int(cold.iterations.sum())
-    W = gs.weights_from_m(with_start.Mt, lam1, 10.0)
-    W0 = gs.weights_from_m(cold.Mt, lam1, 10.0)
+    W = problem.weights_from_m(with_start.Mt, lam1, 10.0)
+    W0 = problem.weights_from_m(cold.Mt, lam1, 10.0)
     assert float((W - W0).norm()) < 1e-3 * float(W0.norm())
 
 
@@ -831,12 +806,11 @@ def test_lam_max_gradient_matches_finite_differences_of_the_output(
     # λ1 = ratio · λ_max(X) moves with X: with lam1_grad="lam_max" the gradient is that of the
     # weights as the function of X the head computes (λ_max recomputed at X ± εD), through
     # both the dual solution and the block soft-threshold, on every backward path
-    import metasparse.solvers.implicit as implicit
 
     X, labels = _episode(seed=21, T=2, n=8, p=6)  # a point where the faces are strict
     kw = dict(lam_ratio=lam_ratio, lam2=0.5, tau=0.3, tol=1e-14, max_iter=100000, ridge_start=0)
     if backward == "direct":  # the CG backward's direct solve on the face, forced
-        monkeypatch.setattr(implicit, "DIRECT_ACTIVE", 1.0)
+        monkeypatch.setattr(tuning, "DIRECT_ACTIVE", 1.0)
     mode = {"direct": "cg"}.get(backward, backward)
     Xg = X.clone().requires_grad_(True)
     res = solve_group_sparse_svm(Xg, labels, 3, backward=mode, lam1_grad="lam_max", **kw)

@@ -247,18 +247,14 @@ def load_split_arrays(
     verify: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, list[str], str]:
     """Read one split in whichever layout is under ``root``: (images, labels, names, format)."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(
-            f"data root {root} does not exist. {expected_files(benchmark, root)}"
-        )
-    fmt = detect_format(benchmark, root, split)
-    if fmt is None:
-        raise FileNotFoundError(
-            f"no {benchmark} {split!r} split found. {expected_files(benchmark, root)}"
-        )
+    root, fmt = prepared.locate_split(
+        root,
+        split,
+        SPLITS,
+        benchmark,
+        lambda r, s: detect_format(benchmark, r, s),
+        lambda r: expected_files(benchmark, r),
+    )
     if fmt == "prepared":
         folder = _prepared_root(benchmark, root)
         assert folder is not None

@@ -209,6 +209,30 @@ def is_prepared(root: Path, benchmark: str | None = None) -> bool:
     return benchmark is None or manifest.get("benchmark") == benchmark
 
 
+def locate_split(
+    root: Path | str,
+    split: str,
+    splits: Iterable[str],
+    dataset: str,
+    detect: Callable[[Path, str], str | None],
+    expected: Callable[[Path], str],
+) -> tuple[Path, str]:
+    """The opening every benchmark's ``load_split_arrays`` shares: ``split`` is one of
+    ``splits``, ``root`` is a folder, and ``detect(root, split)`` finds a layout holding the
+    split; each error names what is expected there (``expected(root)``). Returns
+    ``(root, format)``."""
+    splits = tuple(splits)
+    if split not in splits:
+        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(splits)}")
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data root {root} does not exist. {expected(root)}")
+    fmt = detect(root, split)
+    if fmt is None:
+        raise FileNotFoundError(f"no {dataset} {split!r} split found. {expected(root)}")
+    return root, fmt
+
+
 def load_split_arrays(
     root: Path, split: str, image_shape: tuple[int, ...] | None = None, verify: bool = False
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:

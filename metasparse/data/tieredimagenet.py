@@ -136,14 +136,9 @@ def load_split_arrays(
     root: Path, split: str, cache_dir: Path | None = None, verify: bool = False
 ) -> tuple[np.ndarray, np.ndarray, list[str], str]:
     """Read one split in whichever layout is under ``root``: (images, labels, names, format)."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"data root {root} does not exist. {expected_files(root)}")
-    fmt = detect_format(root, split)
-    if fmt is None:
-        raise FileNotFoundError(f"no tieredImageNet {split!r} split found. {expected_files(root)}")
+    root, fmt = prepared.locate_split(
+        root, split, SPLITS, "tieredImageNet", detect_format, expected_files
+    )
     if fmt == "prepared":
         folder = _prepared_root(root)
     else:

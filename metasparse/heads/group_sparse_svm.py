@@ -4,7 +4,7 @@ Per episode it solves, to a certified relative duality gap, the group-Lasso SVM 
 ``docs/method.md`` §2 with ``λ1 = lam_ratio · λ_max`` (one group = one feature across classes),
 and scores queries as ``query @ Wᵀ`` times the learnable scale. Gradients reach the support
 features through the implicit differentiation of the dual's KKT conditions
-(:mod:`metasparse.solvers.implicit`), and the query features directly.
+(:mod:`metasparse.solvers.svm.backward`), and the query features directly.
 
 Defaults and why: ``lam2 = 1000`` and ``tau = 1/lam2`` are the paper's code defaults (λ2 = 1000
 with a dual regularisation of 1); with ``lam_ratio = 0`` this is MetaOptNet's SVM-CS with its
@@ -19,7 +19,8 @@ import torch
 from torch import Tensor
 
 from metasparse.heads.base import Head, HeadStats
-from metasparse.solvers.group_sparse_svm import GroupSparseSVMSolver, solve_group_sparse_svm
+from metasparse.solvers.svm.fista import GroupSparseSVMSolver
+from metasparse.solvers.svm.solve import solve_group_sparse_svm
 
 # MetaOptNet's SVM-CS head (and ours, heads/svm_cs.py): C = 0.1 with the "+I" jitter 1, which is
 # this problem at λ1 = 0 with λ2 = 1/C and τ = jitter·C (see docs/method.md)
@@ -95,6 +96,7 @@ class GroupSparseSVMHead(Head):
             max_iter=self.max_iter,
             backward=self.backward,
             lam1_grad=self.lam1_grad,
+            check_finite=False,  # Head.forward's check_episode has scanned support
         )
         W = res.weights.to(query.dtype)
         logits = query @ W.transpose(1, 2)

@@ -7,13 +7,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from metasparse.heads.base import Head, HeadStats
+from metasparse.solvers.linalg import spd_solve
 
 _SOLVES = ("auto", "dual", "primal")
-
-
-def _spd_solve(matrix: Tensor, rhs: Tensor) -> Tensor:
-    """Solve ``matrix @ z = rhs`` for batched SPD matrices by Cholesky (no batched LU)."""
-    return torch.cholesky_solve(rhs, torch.linalg.cholesky(matrix))
 
 
 def ridge_weights(support: Tensor, targets: Tensor, lam: float, solve: str = "auto") -> Tensor:
@@ -29,9 +25,9 @@ def ridge_weights(support: Tensor, targets: Tensor, lam: float, solve: str = "au
     xt = support.transpose(1, 2)
     if dual:
         gram = support.bmm(xt) + lam * torch.eye(n, dtype=support.dtype, device=support.device)
-        return xt.bmm(_spd_solve(gram, targets))
+        return xt.bmm(spd_solve(gram, targets))
     cov = xt.bmm(support) + lam * torch.eye(d, dtype=support.dtype, device=support.device)
-    return _spd_solve(cov, xt.bmm(targets))
+    return spd_solve(cov, xt.bmm(targets))
 
 
 class RidgeHead(Head):

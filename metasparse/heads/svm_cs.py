@@ -24,18 +24,7 @@ from qpth.qp import QPFunction
 from torch import Tensor
 
 from metasparse.heads.base import Head, HeadStats
-
-
-def project_rows_to_simplex(v: Tensor) -> Tensor:
-    """Euclidean projection of every row (last dim) of ``v`` onto the probability simplex."""
-    k = v.shape[-1]
-    u, _ = torch.sort(v, dim=-1, descending=True)
-    css = u.cumsum(-1) - 1.0
-    ranks = torch.arange(1, k + 1, dtype=v.dtype, device=v.device)
-    support = (u - css / ranks) > 0
-    rho = support.to(torch.long).cumsum(-1).argmax(-1, keepdim=True)  # last True index
-    theta = css.gather(-1, rho) / (rho + 1).to(v.dtype)
-    return (v - theta).clamp_min(0.0)
+from metasparse.solvers.svm.problem import project_simplex as project_rows_to_simplex
 
 
 def crammer_singer_qp(

@@ -8,7 +8,7 @@ For each task ``t`` (features ``X_t ∈ R^{n×p}``, targets ``Y_t ∈ R^{n×K}``
 (``K = 1`` is the Lasso; the scaling is scikit-learn's ``Lasso``/``MultiTaskLasso``.) The solver
 is accelerated proximal gradient (FISTA with adaptive restart) in float64 on detached tensors,
 stopped on the relative duality gap. The solution is attached to autograd by
-:func:`metasparse.solvers.implicit.implicit_root` on the proximal-gradient fixed point, restricted
+:func:`metasparse.solvers.root.implicit_root` on the proximal-gradient fixed point, restricted
 to the nonzero groups, so gradients w.r.t. ``X`` and ``Y`` (including through ``λ_max``) are
 exact implicit ones; the iterations are never unrolled.
 """
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from metasparse.solvers.implicit import implicit_root
+from metasparse.solvers.root import implicit_root
 
 __all__ = [
     "GroupLassoResult",

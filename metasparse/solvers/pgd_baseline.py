@@ -11,12 +11,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from metasparse.solvers.group_sparse_svm import (
+from metasparse.solvers.svm.problem import (
     DEFAULT_LAM2,
     DEFAULT_TAU,
-    _onehot,
     block_soft_threshold,
     objectives,
+    onehot,
     project_simplex,
 )
 
@@ -32,7 +32,7 @@ def pgd_group_sparse_svm(
 ) -> tuple[Tensor, Tensor]:
     """``steps`` projected-gradient steps (step ``1/L``) from ``α = 1/K``; returns the weights
     (T, K, p), differentiable by unrolling, and the relative duality gap reached (T,)."""
-    Y = _onehot(support_labels, n_way, support.dtype)
+    Y = onehot(support_labels, n_way, support.dtype)
     T, K = Y.shape[0], Y.shape[2]
     with torch.no_grad():
         gram = support @ support.transpose(1, 2)

@@ -16,9 +16,10 @@ n × p per task         ``A X`` (K = 5)   ``X Wᵀ`` (K = 5)  ``X Xᵀ``
 25 × 2560 (64K)        0.15 → 0.25       0.18 → 0.33       0.58 → 0.52
 =====================  ================  ================  ================
 
-Hence oneDNN from ``_THIN_MIN`` entries per task for the thin products and ``_GRAM_MIN`` for
-the Gram matrix (on two threads: thin products 4.4 → 3.2 and 4.0 → 3.1 ms at 75 × 16000, Gram
-matrices equal). The whole solver at 15-shot p = 16000: see ``benchmarks/head_speed.md``.
+Hence oneDNN from ``tuning.THIN_MIN`` entries per task for the thin products and
+``tuning.GRAM_MIN`` for the Gram matrix (on two threads: thin products 4.4 → 3.2 and 4.0 → 3.1
+ms at 75 × 16000, Gram matrices equal). The whole solver at 15-shot p = 16000: see
+``benchmarks/head_speed.md``. The thresholds and their measurements are in :mod:`.tuning`.
 
 The oneDNN call is ``torch.ops.mkldnn._linear_pointwise``, the fp32 inner product PyTorch's
 own compiler (Inductor) emits for CPU linear layers; it follows PyTorch's float32 matmul
@@ -37,9 +38,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from metasparse.solvers import tuning
+
 ONEDNN = os.environ.get("METASPARSE_ONEDNN", "1") != "0"
-_THIN_MIN = 1_000_000  # n·p per task from which A X and X Wᵀ use oneDNN
-_GRAM_MIN = 150_000  # ... and X Xᵀ
 _checked: bool | None = None  # None: not yet tried; then whether the op works
 
 
@@ -83,17 +84,17 @@ def _use_onednn(X: Tensor, least: int, *others: Tensor) -> bool:
 def thin_onednn(X: Tensor) -> bool:
     """Whether :func:`left` and :func:`right` run through oneDNN for ``X`` (whole products:
     callers that would otherwise split them into chunks keep them whole)."""
-    return _use_onednn(X, _THIN_MIN)
+    return _use_onednn(X, tuning.THIN_MIN)
 
 
 def applies(X: Tensor) -> bool:
     """Whether any of the products with ``X`` goes through oneDNN."""
-    return _use_onednn(X, min(_THIN_MIN, _GRAM_MIN))
+    return _use_onednn(X, min(tuning.THIN_MIN, tuning.GRAM_MIN))
 
 
 def left(A: Tensor, X: Tensor, out: Tensor | None = None) -> Tensor:
     """``A X`` (B, m, p) for ``A`` (B, m, n) and ``X`` (B, n, p); written to ``out`` if given."""
-    if not _use_onednn(X, _THIN_MIN, A):
+    if not _use_onednn(X, tuning.THIN_MIN, A):
         return torch.matmul(A, X) if out is None else torch.bmm(A, X, out=out)
     A = A.contiguous()
     if out is None:
@@ -105,7 +106,7 @@ def left(A: Tensor, X: Tensor, out: Tensor | None = None) -> Tensor:
 
 def right(X: Tensor, W: Tensor) -> Tensor:
     """``X Wᵀ`` (B, n, m) for ``X`` (B, n, p) and ``W`` (B, m, p)."""
-    if not _use_onednn(X, _THIN_MIN, W):
+    if not _use_onednn(X, tuning.THIN_MIN, W):
         return X @ W.transpose(1, 2)
     W = W.contiguous()
     return torch.stack([_linear(X[i], W[i]) for i in range(X.shape[0])])
@@ -113,31 +114,18 @@ def right(X: Tensor, W: Tensor) -> Tensor:
 
 def gram(X: Tensor) -> Tensor:
     """``X Xᵀ`` (B, n, n), in ``X``'s dtype."""
-    if not _use_onednn(X, _GRAM_MIN):
+    if not _use_onednn(X, tuning.GRAM_MIN):
         return X @ X.transpose(1, 2)
     return torch.stack([_linear(X[i], X[i]) for i in range(X.shape[0])])
-
-
-# left_then_right chunks X when it is larger than _FUSE_BYTES (a server's last-level cache:
-# smaller, the second product reads X from there anyway), in chunks of about _CHUNK_BYTES,
-# which stay in cache between the two products. 8 tasks, 5-way, X (Y − α)-product then a
-# per-feature map then the X-product, ms: 15-shot p = 16000 (X: 38 MB) 15.0 whole, 10.4 in
-# chunks of 512 features (1.2 MB), 11.7 / 13.0 at 1024 / 2048. Smaller X gained little or lost
-# (whole solves, fwd+bwd: 15-shot p = 2560 (6 MB) 1.07-1.09×, 5-shot p = 16000 (13 MB) 1.0×).
-# On more than one thread the whole products run in parallel and each small op of a chunk pays
-# a thread synchronisation: on 2 threads a fused FISTA step took 15.5 ms, the whole products
-# 7.4 ms (one thread: 11.3 fused, 13.6 whole), so the chunks run on one thread only.
-_FUSE_BYTES = 32e6
-_CHUNK_BYTES = 1.4e6
 
 
 def _fuse_chunk(X: Tensor) -> int | None:
     """The feature chunk :func:`left_then_right` uses for ``X`` (B, n, p); None: no chunks."""
     B, n, p = X.shape
-    chunk = 1 << max(7, round(math.log2(_CHUNK_BYTES / max(B * n * X.element_size(), 1))))
-    if X.device.type != "cpu" or X.nbytes <= _FUSE_BYTES or p <= 2 * chunk:
+    chunk = 1 << max(7, round(math.log2(tuning.CHUNK_BYTES / max(B * n * X.element_size(), 1))))
+    if X.device.type != "cpu" or X.nbytes <= tuning.FUSE_BYTES or p <= 2 * chunk:
         return None
-    if torch.get_num_threads() > 1:  # see _FUSE_BYTES
+    if torch.get_num_threads() > 1:  # see tuning.FUSE_BYTES
         return None
     return chunk
 
@@ -152,7 +140,7 @@ def left_then_right(
     Both products of a solver step (or of a Hessian product) read all of ``X``; they are thin
     (k, m ≤ 2K), so each costs several times ``X``'s memory traffic. On the CPU they run chunk
     by chunk over the features, so that the second reads its chunk of ``X`` from cache (about
-    30% less time at 15-shot, p = 16000; see ``_CHUNK_BYTES``). Other devices, an ``X`` that
+    30% less time at 15-shot, p = 16000; see ``tuning.CHUNK_BYTES``). Other devices, an ``X`` that
     fits in the last-level cache, and tasks large enough for oneDNN's products (faster whole
     than MKL's in chunks: 15-shot p = 16000, fwd+bwd 0.93) run the two products whole.
     """
