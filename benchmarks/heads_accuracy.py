@@ -60,6 +60,9 @@ def main() -> None:
     p.add_argument("--output-dir", default=None, help="default: runs/bench_<dataset>")
     p.add_argument("--skip-train", action="store_true", help="reuse existing checkpoints")
     p.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run from its last.pt"
+    )
+    p.add_argument(
         "--tag",
         default=None,
         help="key of the results entry and run folder (default: the head's name); use it to "
@@ -103,7 +106,7 @@ def main() -> None:
         )
         start = time.perf_counter()
         if not args.skip_train:
-            train(cfg, progress=True)
+            train(cfg, resume=args.resume, progress=True)
         train_seconds = time.perf_counter() - start
         ckpt = load_checkpoint(cfg.run_dir / "checkpoints/best.pt")
         model, _ = model_from_checkpoint(ckpt)
