@@ -6,13 +6,21 @@ and ResNet-12 on the same batch (a prototype loss stands in for the head). ResNe
 ``--resnet-episodes`` episodes and scaled linearly to 8 (a full CPU step takes minutes).
 
     python benchmarks/data_speed.py --root ../shared/data/miniimagenet
+    python benchmarks/data_speed.py --batches 4 --json benchmarks/results/data_speed.json
+
+``--json PATH`` also writes every printed figure as JSON: ``settings`` (the arguments and the
+batch shape), ``machine`` (processor, torch version and thread count of the model step),
+``timestamp`` (UTC), ``dataset`` (images, classes, build seconds) and ``rows``, one per table
+row (the loader rows with their first-batch time).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import platform
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -21,6 +29,7 @@ import torch.nn.functional as F
 from metasparse.backbones import build_backbone
 from metasparse.data import build_dataset
 from metasparse.data.episodes import episode_loader
+from metasparse.utils import atomic_write_json
 
 WAY, SHOT, QUERY, TASKS = 5, 15, 6, 8
 
@@ -63,6 +72,16 @@ def step_time(name: str, batch: dict, tasks: int, repeats: int) -> float:
     return sorted(times[1:])[len(times[1:]) // 2]
 
 
+def _machine() -> dict:
+    """Processor, torch version and torch's current thread count (for the JSON file)."""
+    return {
+        "processor": platform.processor(),
+        "machine": platform.machine(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
 def main() -> None:
     default_root = Path(os.environ.get("METASPARSE_SHARED_DATA", "../shared/data")) / "miniimagenet"
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -71,23 +90,36 @@ def main() -> None:
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--threads", type=int, default=1, help="torch threads for the model step")
     p.add_argument("--resnet-episodes", type=int, default=1)
+    p.add_argument("--json", default=None, help="also write the raw figures (and machine) here")
     args = p.parse_args()
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     train = build_dataset("miniimagenet", "train", root=args.root, augment=True)
+    built = time.perf_counter() - t0
     print(
         f"dataset: {len(train)} images, {train.num_classes} classes, "
-        f"built in {time.perf_counter() - t0:.1f} s (decode cache: $METASPARSE_CACHE)"
+        f"built in {built:.1f} s (decode cache: $METASPARSE_CACHE)"
     )
     plain = build_dataset("miniimagenet", "train", root=args.root, augment=False)
-    rows = []
+    rows, records = [], []  # the table's rows, and the same with named fields for --json
     for workers in args.workers:
         for label, ds in (("augmented", train), ("no augmentation", plain)):
             if label == "no augmentation" and workers != 0:
                 continue
             rate, first = loader_rate(ds, workers, args.batches)
             rows.append((f"loader, {workers} worker(s), {label}", rate, TASKS / rate, first))
+            records.append(
+                {
+                    "what": rows[-1][0],
+                    "kind": "loader",
+                    "workers": workers,
+                    "augment": label == "augmented",
+                    "episodes_per_s": rate,
+                    "s_per_batch": TASKS / rate,
+                    "first_batch_s": first,
+                }
+            )
             print(
                 f"{rows[-1][0]}: {rate:.1f} episodes/s ({TASKS / rate:.2f} s/batch), "
                 f"first batch {first:.2f} s"
@@ -100,10 +132,33 @@ def main() -> None:
         rows.append(
             (f"{name} forward+backward, {args.threads} thread(s){note}", TASKS / sec, sec, 0)
         )
+        records.append(
+            {
+                "what": rows[-1][0],
+                "kind": "step",
+                "backbone": name,
+                "threads": args.threads,
+                "episodes_timed": tasks,
+                "episodes_per_s": TASKS / sec,
+                "s_per_batch": sec,
+            }
+        )
         print(f"{rows[-1][0]}: {sec:.2f} s/batch = {TASKS / sec:.2f} episodes/s")
     print("\n| what | episodes/s | s per batch of 8 |\n| --- | --- | --- |")
     for what, rate, sec, _ in rows:
         print(f"| {what} | {rate:.1f} | {sec:.2f} |")
+    if args.json:
+        settings = vars(args) | {"way": WAY, "shot": SHOT, "query": QUERY, "tasks": TASKS}
+        atomic_write_json(
+            args.json,
+            {
+                "settings": settings | {"loader_threads": 1},
+                "machine": _machine(),
+                "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+                "dataset": {"images": len(train), "classes": train.num_classes, "build_s": built},
+                "rows": records,
+            },
+        )
 
 
 if __name__ == "__main__":

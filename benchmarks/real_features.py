@@ -14,13 +14,21 @@ episode's own query features) for our head, certified at 1e-5, and for the qpth 
     python benchmarks/real_features.py --backbones conv4 --shots 1 --batches 1 --tasks 2
     python benchmarks/real_features.py --vs-qpth --backbones resnet12 --shots 5 15 \
         --ratios 0.01 0.1 0.5 --batches 1
+    python benchmarks/real_features.py --json benchmarks/results/real_features.json
+
+``--json PATH`` also writes every printed figure as JSON: ``settings`` (the arguments, ``vs_qpth``
+telling which table), ``machine`` (processor, torch version and thread count), ``timestamp``
+(UTC) and ``rows``, one per table row: times in ms (the fastest repeat), mean and max
+iterations, max gaps, each per variant (``_fixed``/``_adaptive``, or ``ours_``/``qpth_``).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import platform
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -29,6 +37,7 @@ from metasparse.backbones import build_backbone
 from metasparse.data import build_dataset
 from metasparse.data.episodes import episode_loader
 from metasparse.solvers import solve_group_sparse_svm
+from metasparse.utils import atomic_write_json
 
 REPO = Path(__file__).resolve().parents[1]
 LAM2 = 1000.0  # λ2 and τ = 1/λ2 as in head_speed.py (the solver's defaults)
@@ -60,14 +69,15 @@ def _embedded(args: argparse.Namespace, n_query: int):
                 yield name, shot, b, s, q, batch["support_labels"]
 
 
-def run(args: argparse.Namespace) -> str:
-    """Markdown table: one row per (backbone, shot, batch, λ1/λ_max)."""
+def run(args: argparse.Namespace) -> tuple[str, list[dict]]:
+    """Markdown table: one row per (backbone, shot, batch, λ1/λ_max); and the rows' figures."""
     torch.set_num_threads(args.threads)
     lines = [
         "| backbone | p | shot | batch | λ1/λ_max | features used | iterations fixed → adaptive "
         "(mean/max) | forward ms fixed → adaptive | max gap fixed, adaptive |",
         "|---|---:|---:|---:|---:|---:|---|---|---|",
     ]
+    rows = []
     for name, shot, b, feats, _, labels in _embedded(args, 1):
         for ratio in args.ratios:
             times: dict[bool, list[float]] = {False: [], True: []}
@@ -88,7 +98,25 @@ def run(args: argparse.Namespace) -> str:
                 f"{f.gap.max():.1e}, {a.gap.max():.1e} |"
             )
             print(lines[-1], flush=True)
-    return "\n".join(lines) + "\n"
+            rows.append(
+                {
+                    "backbone": name,
+                    "p": feats.shape[-1],
+                    "shot": shot,
+                    "batch": b,
+                    "ratio": ratio,
+                    "features_used": float(a.features_used.mean()),  # the adaptive solve's
+                    "iters_mean_fixed": float(f.iterations.double().mean()),
+                    "iters_max_fixed": int(f.iterations.max()),
+                    "iters_mean_adaptive": float(a.iterations.double().mean()),
+                    "iters_max_adaptive": int(a.iterations.max()),
+                    "ms_fixed": min(times[False]),
+                    "ms_adaptive": min(times[True]),
+                    "gap_fixed": float(f.gap.max()),
+                    "gap_adaptive": float(a.gap.max()),
+                }
+            )
+    return "\n".join(lines) + "\n", rows
 
 
 def _ours_fb(s: torch.Tensor, q: torch.Tensor, labels: torch.Tensor, way: int, ratio: float):
@@ -111,8 +139,9 @@ def _qpth_fb(qp, s: torch.Tensor, q: torch.Tensor, labels: torch.Tensor, way: in
     return (time.perf_counter() - t0) * 1e3, float(st["qp_rel_gap"])
 
 
-def vs_qpth(args: argparse.Namespace) -> str:
-    """Markdown table: fwd+bwd of our head against qpth's on the same real episodes."""
+def vs_qpth(args: argparse.Namespace) -> tuple[str, list[dict]]:
+    """Markdown table: fwd+bwd of our head against qpth's on the same real episodes; and the
+    rows' figures."""
     from metasparse.heads.svm_cs import SVMCSHead
 
     torch.set_num_threads(args.threads)
@@ -122,6 +151,7 @@ def vs_qpth(args: argparse.Namespace) -> str:
         "ours ms | qpth ms | × qpth | max gap ours, qpth |",
         "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---|",
     ]
+    rows = []
     for name, shot, b, s, q, labels in _embedded(args, 15):
         _qpth_fb(qp, s, q, labels, args.way)  # warm-up
         for ratio in args.ratios:
@@ -139,11 +169,28 @@ def vs_qpth(args: argparse.Namespace) -> str:
                 f"{res.gap.max():.1e}, {qgap:.1e} |"
             )
             print(lines[-1], flush=True)
-    return "\n".join(lines) + "\n"
+            rows.append(
+                {
+                    "backbone": name,
+                    "p": s.shape[-1],
+                    "shot": shot,
+                    "batch": b,
+                    "ratio": ratio,
+                    "features_used": float(res.features_used.mean()),
+                    "iters_mean": float(res.iterations.double().mean()),
+                    "iters_max": int(res.iterations.max()),
+                    "ours_ms": m,
+                    "qpth_ms": t,
+                    "vs_qpth": m / t,
+                    "ours_gap": float(res.gap.max()),
+                    "qpth_gap": qgap,
+                }
+            )
+    return "\n".join(lines) + "\n", rows
 
 
 def main() -> None:
-    """Parse arguments, run, print the table."""
+    """Parse arguments, run, print the table (and optionally write its figures as JSON)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     shared = Path(os.environ.get("METASPARSE_SHARED_DATA", REPO.parent / "shared" / "data"))
     ap.add_argument("--root", default=str(shared / "miniimagenet"), help="miniImageNet folder")
@@ -161,8 +208,27 @@ def main() -> None:
         action="store_true",
         help="time fwd+bwd of our head (default settings) against the qpth SVM-CS head instead",
     )
+    ap.add_argument("--json", default=None, help="also write the raw rows (and machine) here")
     args = ap.parse_args()
-    print(vs_qpth(args) if args.vs_qpth else run(args))
+    md, rows = vs_qpth(args) if args.vs_qpth else run(args)
+    print(md)
+    if args.json:
+        machine = {
+            "processor": platform.processor(),
+            "machine": platform.machine(),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+        }
+        atomic_write_json(
+            args.json,
+            {
+                "settings": vars(args)
+                | {"queries": 15 if args.vs_qpth else 1, "lam2": LAM2, "tau": 1.0 / LAM2},
+                "machine": machine,
+                "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+                "rows": rows,
+            },
+        )
 
 
 if __name__ == "__main__":
