@@ -49,8 +49,9 @@ class TrainConfig:
     episodes_per_batch: int = 8
     batches_per_epoch: int = 1000
     epochs: int = 60
+    optimizer: str = "sgd"  # sgd (MetaOptNet: Nesterov momentum) | adam (ProtoNets: Adam)
     lr: float = 0.1
-    momentum: float = 0.9
+    momentum: float = 0.9  # sgd only
     nesterov: bool = True
     weight_decay: float = 5e-4
     # whether weight decay also pulls the head's learnable logit scale (MetaOptNet: yes)

@@ -20,7 +20,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from metasparse.checkpoint import load_checkpoint, save_checkpoint
-from metasparse.config import Config, load_config, save_config
+from metasparse.config import Config, TrainConfig, load_config, save_config
 from metasparse.data import FewShotDataset, build_dataset
 from metasparse.evaluation import evaluate
 from metasparse.model import FewShotModel, resolve_device
@@ -63,6 +63,22 @@ _RESUMABLE_CHANGES = {
 }
 
 
+OPTIMIZERS = ("sgd", "adam")
+
+
+def make_optimizer(params: Any, t: TrainConfig) -> torch.optim.Optimizer:
+    """The meta-optimizer named by ``train.optimizer`` (SGD for MetaOptNet, Adam for ProtoNets)."""
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay
+        )
+    if t.optimizer == "adam":
+        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+    raise ValueError(
+        f"unknown train.optimizer {t.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"
+    )
+
+
 class Trainer:
     """Owns the model, optimizer, data and output folder of one meta-training run."""
 
@@ -76,6 +92,10 @@ class Trainer:
         for key in ("way", "shot", "query", "episodes_per_batch", "batches_per_epoch", "epochs"):
             if getattr(t, key) <= 0:
                 raise ValueError(f"train.{key} must be positive, got {getattr(t, key)}")
+        if t.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"unknown train.optimizer {t.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"
+            )
 
         seed_everything(t.seed)
         data = cfg.data
@@ -91,13 +111,7 @@ class Trainer:
                 {"params": [p for p in params if id(p) not in scale]},
                 {"params": [p for p in params if id(p) in scale], "weight_decay": 0.0},
             ]
-        self.optimizer = torch.optim.SGD(
-            params,
-            lr=t.lr,
-            momentum=t.momentum,
-            nesterov=t.nesterov,
-            weight_decay=t.weight_decay,
-        )
+        self.optimizer = make_optimizer(params, t)
         self.epoch = 0  # epoch in progress
         self.step_in_epoch = 0  # batches of that epoch already done
         self.global_step = 0

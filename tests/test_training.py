@@ -142,3 +142,23 @@ def test_scale_weight_decay_switch(tmp_path, decay):
     assert len(owner) == 1 and owner[0]["weight_decay"] == (0.01 if decay else 0.0)
     assert all(g["weight_decay"] == 0.01 for g in groups if g is not owner[0])
     assert sum(len(g["params"]) for g in groups) == len(list(trainer.model.parameters()))
+
+
+def test_adam_optimizer_trains_and_resumes(tmp_path):
+    # ProtoNets' recipe uses Adam: its moments travel in the checkpoint, so a resumed run
+    # matches an uninterrupted one
+    full = tiny_config(tmp_path, "full", optimizer="adam", lr=1e-3)
+    trainer = Trainer(full, progress=False)
+    assert isinstance(trainer.optimizer, torch.optim.Adam)
+    trainer.fit()
+    cut = tiny_config(tmp_path, "cut", optimizer="adam", lr=1e-3)
+    Trainer(cut, progress=False).fit(max_steps=3)
+    resumed = Trainer(cut, resume=True, progress=False)
+    resumed.fit()
+    for a, b in zip(trainer.model.state_dict().values(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b)
+
+
+def test_unknown_optimizer_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="unknown train.optimizer 'adamw'.*sgd, adam"):
+        Trainer(tiny_config(tmp_path, optimizer="adamw"), progress=False)
