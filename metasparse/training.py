@@ -20,7 +20,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from metasparse.checkpoint import load_checkpoint, save_checkpoint
-from metasparse.config import Config, TrainConfig, load_config, save_config
+from metasparse.config import Config, TrainConfig, from_dict, load_config, save_config
 from metasparse.data import FewShotDataset, build_dataset
 from metasparse.evaluation import evaluate
 from metasparse.model import FewShotModel, resolve_device
@@ -155,10 +155,11 @@ class Trainer:
         }
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
+        # Keys added to the config after the checkpoint was written take their defaults, which
+        # keep the behaviour of the code that wrote it; so older runs still resume.
+        saved = from_dict(ckpt["config"]).to_dict()
         changed = [
-            k
-            for k in _config_diff(ckpt["config"], self.cfg.to_dict())
-            if k not in _RESUMABLE_CHANGES
+            k for k in _config_diff(saved, self.cfg.to_dict()) if k not in _RESUMABLE_CHANGES
         ]
         if changed:
             raise ValueError(

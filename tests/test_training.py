@@ -155,10 +155,23 @@ def test_adam_optimizer_trains_and_resumes(tmp_path):
     Trainer(cut, progress=False).fit(max_steps=3)
     resumed = Trainer(cut, resume=True, progress=False)
     resumed.fit()
-    for a, b in zip(trainer.model.state_dict().values(), resumed.model.state_dict().values()):
+    for a, b in zip(
+        trainer.model.state_dict().values(), resumed.model.state_dict().values(), strict=True
+    ):
         torch.testing.assert_close(a, b)
 
 
 def test_unknown_optimizer_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="unknown train.optimizer 'adamw'.*sgd, adam"):
+    with pytest.raises(ValueError, match=r"unknown train\.optimizer 'adamw'.*sgd, adam"):
         Trainer(tiny_config(tmp_path, optimizer="adamw"), progress=False)
+
+
+def test_checkpoint_without_newer_config_keys_resumes(tmp_path):
+    # a run written before a config key existed resumes with that key at its default
+    cfg = tiny_config(tmp_path)
+    Trainer(cfg, progress=False).fit(max_steps=2)
+    last = cfg.run_dir / "checkpoints" / "last.pt"
+    ckpt = load_checkpoint(last)
+    del ckpt["config"]["train"]["optimizer"], ckpt["config"]["train"]["scale_weight_decay"]
+    torch.save(ckpt, last)
+    Trainer(cfg, resume=True, progress=False).fit()
