@@ -23,8 +23,7 @@ import yaml
 from metasparse.checkpoint import load_checkpoint, model_from_checkpoint
 from metasparse.config import apply_override
 from metasparse.data import build_dataset
-from metasparse.demo import demo_config
-from metasparse.evaluation import evaluate
+from metasparse.demo import demo_config, meta_test
 from metasparse.training import train
 from metasparse.utils import atomic_write_json
 
@@ -108,7 +107,6 @@ def main() -> None:
     train_s = time.perf_counter() - start
     ckpt = load_checkpoint(cfg.run_dir / "checkpoints" / "best.pt")
     model, _ = model_from_checkpoint(ckpt)
-    test_set = build_dataset("glyphs", "test")
     row = {
         "head": args.head,
         "options": cfg.model.head_options,
@@ -120,22 +118,10 @@ def main() -> None:
         "machine": platform.processor() or platform.machine(),
         "train_loss_curve": [h["train_means"].get("loss") for h in ckpt["history"]],
         "val_curve": [h["val_accuracy"] for h in ckpt["history"]],
-        "test": [],
+        "test": meta_test(model, build_dataset("glyphs", "test"), args.episodes),
     }
-    for shot in (1, 5):
-        r = evaluate(model, test_set, 5, shot, 15, args.episodes, seed=0)
-        row["test"].append(
-            {
-                "way": 5,
-                "shot": shot,
-                "query": 15,
-                "episodes": r["episodes"],
-                "accuracy": r["accuracy"],
-                "ci95": r["ci95"],
-                "head_stats": r["head_stats"],
-            }
-        )
-        print(f"{args.tag}: 5-way {shot}-shot {r['accuracy']:.2f} ± {r['ci95']:.2f}")
+    for r in row["test"]:
+        print(f"{args.tag}: 5-way {r['shot']}-shot {r['accuracy']:.2f} ± {r['ci95']:.2f}")
     path = Path(args.results)
     results = json.loads(path.read_text()) if path.is_file() else {}  # others may have written
     results[args.tag] = row

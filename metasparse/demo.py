@@ -13,12 +13,14 @@ from typing import Any
 
 from metasparse.checkpoint import load_checkpoint, model_from_checkpoint
 from metasparse.config import Config, from_dict
-from metasparse.data import build_dataset
+from metasparse.data import FewShotDataset, build_dataset
 from metasparse.evaluation import evaluate
+from metasparse.model import FewShotModel
 from metasparse.training import train
 from metasparse.utils import atomic_write_json
 
 DEMO_HEADS = ("proto", "svm_cs", "group_sparse_svm")
+DEMO_WAY, DEMO_SHOTS, DEMO_QUERY = 5, (1, 5), 15  # the meta-test settings
 _HEAD_OPTIONS: dict[str, dict[str, Any]] = {
     "proto": {},
     "ridge": {"lam": 50.0},
@@ -54,6 +56,26 @@ def demo_config(head: str, output: Path, steps: int, seed: int, val_episodes: in
     )
 
 
+def meta_test(model: FewShotModel, test_set: FewShotDataset, episodes: int) -> list[dict[str, Any]]:
+    """One row per demo shot (5-way 1/5-shot, 15 queries, episode seed 0): accuracy, ci95 and head
+    stats (features used, ...) on the same fixed episodes for every head and benchmark run."""
+    rows = []
+    for shot in DEMO_SHOTS:
+        r = evaluate(model, test_set, DEMO_WAY, shot, DEMO_QUERY, episodes, seed=0)
+        rows.append(
+            {
+                "way": DEMO_WAY,
+                "shot": shot,
+                "query": DEMO_QUERY,
+                "episodes": r["episodes"],
+                "accuracy": r["accuracy"],
+                "ci95": r["ci95"],
+                "head_stats": r["head_stats"],
+            }
+        )
+    return rows
+
+
 def run_demo(args: argparse.Namespace) -> int:
     """Train and test each head; print accuracy ± 95% CI against chance."""
     output = Path(args.output)
@@ -71,22 +93,9 @@ def run_demo(args: argparse.Namespace) -> int:
         train_s = time.perf_counter() - start
         ckpt = load_checkpoint(cfg.run_dir / "checkpoints" / "best.pt")
         model, _ = model_from_checkpoint(ckpt)
-        test_set = build_dataset("glyphs", "test")
-        for shot in (1, 5):
-            r = evaluate(model, test_set, 5, shot, 15, args.episodes, seed=0)
-            results.append(
-                {
-                    "head": head,
-                    "way": 5,
-                    "shot": shot,
-                    "query": 15,
-                    "episodes": r["episodes"],
-                    "accuracy": r["accuracy"],
-                    "ci95": r["ci95"],
-                    "train_seconds": train_s,
-                    "head_stats": r["head_stats"],
-                }
-            )
+        for row in meta_test(model, build_dataset("glyphs", "test"), args.episodes):
+            stats = row.pop("head_stats")
+            results.append({"head": head, **row, "train_seconds": train_s, "head_stats": stats})
     print(f"\nmeta-test on held-out glyph classes ({args.episodes} episodes, chance 20.0%)")
     print(
         f"{'head':<18} {'5-way 1-shot':>16} {'5-way 5-shot':>16} {'train (s)':>10}"
