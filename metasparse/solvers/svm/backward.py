@@ -179,6 +179,13 @@ def svm_backward_cg(
     return (gX, glam.to(lam1.dtype)) if want_lam1 else gX
 
 
+def _cg_grads(*args: Any, want_lam1: bool, **kwargs: Any) -> tuple[Tensor, Tensor | None]:
+    """:func:`svm_backward_cg` as ``(X̄, λ̄1)`` whether or not ``λ̄1`` is wanted (None if not), so
+    the autograd backwards below unpack one shape."""
+    out = svm_backward_cg(*args, want_lam1=want_lam1, **kwargs)
+    return out if want_lam1 else (out, None)
+
+
 class _SVMDualRoot(torch.autograd.Function):
     """Identity on the dual solution; closed-form KKT backward on active faces × features."""
 
@@ -199,8 +206,7 @@ class _SVMDualRoot(torch.autograd.Function):
             return None, None, None, None, None
         Xd = X.detach()
         if use_cg_backward(solve, tau, n, K, X.shape[2]):
-            out = svm_backward_cg(alpha, Xd, Y, lam1, lam2, tau, grad_alpha, want_lam1=want_lam)
-            gX, glam = out if want_lam else (out, None)
+            gX, glam = _cg_grads(alpha, Xd, Y, lam1, lam2, tau, grad_alpha, want_lam1=want_lam)
             return None, gX if want_x else None, None, glam, None
         st = svm_structure(alpha, Xd, Y, lam1, lam2, tau)
         u = solve_on_face(st, lam2, grad_alpha, project=True).to(X.dtype)
@@ -243,7 +249,7 @@ class _SVMWeights(torch.autograd.Function):
         if not (want_x or want_lam):
             return (None,) * 8
         G = None if gram is None else (gram, gram_mask)
-        out = svm_backward_cg(
+        gX, glam = _cg_grads(
             alpha,
             X.detach(),
             Y,
@@ -256,7 +262,6 @@ class _SVMWeights(torch.autograd.Function):
             gram=G,
             want_lam1=want_lam,
         )
-        gX, glam = out if want_lam else (out, None)
         return (gX if want_x else None, None, None, glam) + (None,) * 4
 
 
