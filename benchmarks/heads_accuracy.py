@@ -8,9 +8,10 @@ Usage (from the repo root):
         --heads proto svm_cs
 
 Each head is trained with ``configs/omniglot/conv4_<head>.yaml`` or
-``configs/miniimagenet/cpu/conv4_<head>.yaml`` (extra overrides via ``--set``), then tested on the
-test classes (Omniglot: 5/20-way 1/5-shot and 20 one-shot runs in Lake et al.'s layout,
-generated from evaluation characters; miniImageNet: 5-way 1/5-shot, 15 queries). Figures go to
+``configs/miniimagenet/cpu/conv4_<head>.yaml`` (or ``--config FILE`` for one head; extra overrides
+via ``--set``), then tested on the test classes (Omniglot: 5/20-way 1/5-shot and 20 one-shot runs
+in Lake et al.'s layout, written from evaluation alphabets no split of the config trains on;
+miniImageNet: 5-way 1/5-shot, 15 queries). Figures go to
 ``benchmarks/results/<dataset>_heads.json``.
 """
 
@@ -41,6 +42,22 @@ SETTINGS = {  # dataset -> (config folder, [(way, shot, query)])
 }
 
 
+def runs_alphabets(split_scheme: str) -> list[str]:
+    """Evaluation alphabets a model trained with ``split_scheme`` has never seen."""
+    from metasparse.data.omniglot import split_definitions
+    from metasparse.data.omniglot_runs import held_out_alphabets
+
+    if split_scheme == "lake":  # trains on the background set: every evaluation alphabet
+        spec = split_definitions()["vinyals"]  # its splits name all 20, Gurmukhi twice
+        return sorted({a for split in spec.values() for a in split.get("evaluation", {})})
+    return held_out_alphabets()
+
+
+def train_seconds(history: list[dict[str, Any]]) -> float | None:
+    """Seconds of training and validation summed over every process of the run (resumes too)."""
+    return history[-1].get("elapsed_seconds") if history else None
+
+
 def step_time_split(history: list[dict[str, Any]]) -> dict[str, float]:
     """Mean seconds per training step in data / backbone / head over the run's epochs."""
     means = [h["train_means"] for h in history if h.get("train_means")]
@@ -54,6 +71,8 @@ def main() -> None:
     p.add_argument("dataset", choices=sorted(SETTINGS))
     p.add_argument("--root", required=True, help="the dataset folder")
     p.add_argument("--heads", nargs="+", default=["proto", "ridge", "svm_cs"])
+    p.add_argument("--config", default=None, help="train this config instead (one head in --heads)")
+    p.add_argument("--results", default=None, help="default: results/<dataset>_heads.json")
     p.add_argument("--set", nargs="*", default=[], help="config overrides for every head")
     p.add_argument("--episodes", type=int, default=1000)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
@@ -84,31 +103,27 @@ def main() -> None:
 
     config_dir, settings = SETTINGS[args.dataset]
     out_dir = args.output_dir or f"runs/bench_{args.dataset}"
-    results_path = REPO / f"benchmarks/results/{args.dataset}_heads.json"
+    results_path = Path(args.results or REPO / f"benchmarks/results/{args.dataset}_heads.json")
     machine = {
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "platform": platform.platform(),
         "processor": platform.processor(),
     }
-    runs = None
-    if args.dataset == "omniglot":
-        from metasparse.data.omniglot_runs import read_runs, write_runs
-
-        runs_dir = Path(tempfile.mkdtemp(prefix="omniglot_runs_"))
-        write_runs(runs_dir, args.root, n_runs=20, ways=20, seed=0)
-        runs = read_runs(runs_dir, image_size=28)
+    if args.config and len(args.heads) != 1:
+        p.error("--config trains one run: give exactly one head in --heads")
 
     for head in args.heads:
         cfg = load_config(
-            REPO / config_dir / f"conv4_{head}.yaml",
+            args.config or REPO / config_dir / f"conv4_{head}.yaml",
             [f"data.root={args.root}", f"output_dir={out_dir}/{args.tag or head}", *args.set],
         )
-        start = time.perf_counter()
+        if cfg.model.head != head:
+            p.error(f"{args.config} trains head {cfg.model.head!r}, not {head!r}")
         if not args.skip_train:
             train(cfg, resume=args.resume, progress=True)
-        train_seconds = time.perf_counter() - start
         ckpt = load_checkpoint(cfg.run_dir / "checkpoints/best.pt")
+        last = load_checkpoint(cfg.run_dir / "checkpoints/last.pt")
         model, _ = model_from_checkpoint(ckpt)
         test_head = None
         if args.test_head:
@@ -143,19 +158,26 @@ def main() -> None:
             "machine": machine,
             "config": cfg.to_dict(),
             "test_head": test_head,
-            "train_seconds": None if args.skip_train else train_seconds,
+            "train_seconds": train_seconds(last["history"]),
             "test_seconds": time.perf_counter() - start,
             "steps": cfg.train.epochs * cfg.train.batches_per_epoch,
             "best_val": ckpt["best_val"],
             "best_epoch": ckpt["best_epoch"],
-            "val_curve": [h["val_accuracy"] for h in ckpt["history"]],
-            "step_time_split_s": step_time_split(ckpt["history"]),
+            "val_curve": [h["val_accuracy"] for h in last["history"]],
+            "val_curve_steps": [h["step"] for h in last["history"]],
+            "step_time_split_s": step_time_split(last["history"]),
             "test": rows,
         }
-        if runs is not None:
-            errors = omniglot_runs_error(model, runs, torch.device("cpu"))
+        if args.dataset == "omniglot":
+            from metasparse.data.omniglot_runs import read_runs, write_runs
+
+            alphabets = runs_alphabets(cfg.data.options.get("split_scheme", "vinyals"))
+            runs_dir = Path(tempfile.mkdtemp(prefix="omniglot_runs_"))
+            write_runs(runs_dir, args.root, n_runs=20, ways=20, seed=0, alphabets=alphabets)
+            errors = omniglot_runs_error(model, read_runs(runs_dir, 28), torch.device("cpu"))
             entry["omniglot_runs_error_rate"] = sum(errors) / len(errors)
             entry["omniglot_runs_per_run"] = errors
+            entry["omniglot_runs_alphabets"] = alphabets
             print(f"{head:>17} 20 one-shot runs: error {entry['omniglot_runs_error_rate']:.2f}%")
         # read again just before writing: other runs may have recorded theirs meanwhile
         results = json.loads(results_path.read_text()) if results_path.is_file() else {}

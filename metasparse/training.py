@@ -117,6 +117,7 @@ class Trainer:
         self.global_step = 0
         self.best_val = -1.0
         self.best_epoch = -1
+        self.elapsed = 0.0  # seconds of training steps and validation, summed over resumes
         self.history: list[dict[str, Any]] = []
         last = self.ckpt_dir / "last.pt"
         if resume:
@@ -151,6 +152,7 @@ class Trainer:
             "best_val": self.best_val,
             "best_epoch": self.best_epoch,
             "history": self.history,
+            "elapsed_seconds": self.elapsed,
             "rng": rng,
         }
 
@@ -172,6 +174,7 @@ class Trainer:
         self.global_step = int(ckpt["global_step"])
         self.best_val, self.best_epoch = float(ckpt["best_val"]), int(ckpt["best_epoch"])
         self.history = list(ckpt["history"])
+        self.elapsed = float(ckpt.get("elapsed_seconds", 0.0))  # absent before 2026-12
         torch.set_rng_state(ckpt["rng"]["torch"].cpu())
         if "cuda" in ckpt["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["rng"]["cuda"]])
@@ -284,6 +287,7 @@ class Trainer:
                     steps_done += 1
                     record = {**metrics, **{f"time/{k}": v for k, v in times.items()}}
                     record["time/data"] = data_time
+                    self.elapsed += data_time + sum(times.values())
                     for key, value in record.items():
                         window[key].append(value)
                         self._epoch_sums[key] += value
@@ -320,7 +324,9 @@ class Trainer:
         window.clear()
 
     def _end_epoch(self, writer: SummaryWriter, lr: float) -> None:
+        start = time.perf_counter()
         val = self.validate()
+        self.elapsed += time.perf_counter() - start
         writer.add_scalar("val/accuracy", val["accuracy"], self.global_step)
         writer.add_scalar("val/ci95", val["ci95"], self.global_step)
         for key, value in val["head_stats"].items():
@@ -337,6 +343,7 @@ class Trainer:
             "val_accuracy": val["accuracy"],
             "val_ci95": val["ci95"],
             "val_head_stats": val["head_stats"],
+            "elapsed_seconds": self.elapsed,
         }
         self.history.append(record)
         improved = val["accuracy"] > self.best_val

@@ -159,6 +159,9 @@ def test_adam_optimizer_trains_and_resumes(tmp_path):
         trainer.model.state_dict().values(), resumed.model.state_dict().values(), strict=True
     ):
         torch.testing.assert_close(a, b)
+    # the wall time of training and validation adds up across the two processes
+    elapsed = [h["elapsed_seconds"] for h in resumed.history]
+    assert 0 < elapsed[0] < elapsed[1] == resumed.elapsed
 
 
 def test_unknown_optimizer_is_a_clear_error(tmp_path):
