@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from metasparse.checkpoint import load_checkpoint, model_from_checkpoint
 from metasparse.data import FewShotDataset, build_dataset
-from metasparse.model import FewShotModel, _build, resolve_device
+from metasparse.model import FewShotModel, build_component, resolve_device
 from metasparse.utils import atomic_write_json, mean_ci95
 
 
@@ -132,9 +132,8 @@ def run_test(args: argparse.Namespace) -> int:
     head_name = cfg.model.head
     if args.head:
         head_name = args.head
-        model.head = _build("head", build_head, args.head, _parse_options(args.head_option)).to(
-            device
-        )
+        options = _parse_options(args.head_option)
+        model.head = build_component("head", build_head, args.head, options).to(device)
     root = args.data_root if args.data_root is not None else cfg.data.root
     split = args.split or cfg.data.test_split
     dataset = build_dataset(cfg.data.name, split, root=root, augment=False, **cfg.data.options)

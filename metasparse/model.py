@@ -12,7 +12,9 @@ from metasparse.heads import Head, build_head
 from metasparse.heads.base import HeadStats
 
 
-def _build(kind: str, builder: Any, name: str, options: dict[str, Any]) -> Any:
+def build_component(kind: str, builder: Any, name: str, options: dict[str, Any]) -> Any:
+    """``builder(name, **options)`` for a backbone or head, an unknown option raised as a
+    ValueError that names the ``kind`` and the component instead of a bare TypeError."""
     try:
         return builder(name, **options)
     except TypeError as exc:  # unexpected keyword → name the offending option
@@ -31,8 +33,8 @@ class FewShotModel(nn.Module):
     def from_config(cls, model_cfg: Any, in_channels: int) -> FewShotModel:
         """Build from a :class:`metasparse.config.ModelConfig`."""
         backbone_options = {"in_channels": in_channels, **model_cfg.backbone_options}
-        backbone = _build("backbone", build_backbone, model_cfg.backbone, backbone_options)
-        head = _build("head", build_head, model_cfg.head, dict(model_cfg.head_options))
+        backbone = build_component("backbone", build_backbone, model_cfg.backbone, backbone_options)
+        head = build_component("head", build_head, model_cfg.head, dict(model_cfg.head_options))
         return cls(backbone, head)
 
     def embed(self, support: Tensor, query: Tensor) -> tuple[Tensor, Tensor]:
