@@ -82,14 +82,32 @@ def _machine() -> dict:
     }
 
 
+def _positive_int(text: str) -> int:
+    """Argparse type for counts below 1 would break: rates divide by --batches and
+    --resnet-episodes, and torch takes no 0 threads. Refused at parse time, not mid-run."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"must be a positive integer, got {text!r}: give 1 or more"
+        )
+    return value
+
+
 def main() -> None:
     default_root = Path(os.environ.get("METASPARSE_SHARED_DATA", "../shared/data")) / "miniimagenet"
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--root", default=str(default_root))
-    p.add_argument("--batches", type=int, default=6, help="timed batches per worker setting")
+    p.add_argument(
+        "--batches", type=_positive_int, default=6, help="timed batches per worker setting"
+    )
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--threads", type=int, default=1, help="torch threads for the model step")
-    p.add_argument("--resnet-episodes", type=int, default=1)
+    p.add_argument(
+        "--threads", type=_positive_int, default=1, help="torch threads for the model step"
+    )
+    p.add_argument("--resnet-episodes", type=_positive_int, default=1)
     p.add_argument("--json", default=None, help="also write the raw figures (and machine) here")
     args = p.parse_args()
 

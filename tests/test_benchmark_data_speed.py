@@ -71,3 +71,16 @@ def test_data_speed_smoke(shared_data, tmp_path, monkeypatch, capsys):
         assert format(rec["s_per_batch"], ".2f") == sec
         if rec["kind"] == "loader":
             assert f"first batch {rec['first_batch_s']:.2f} s" in out
+
+
+@pytest.mark.parametrize("option", ["--batches", "--resnet-episodes", "--threads"])
+@pytest.mark.parametrize("value", ["0", "-2"])
+def test_data_speed_refuses_counts_below_one(option, value, monkeypatch, capsys):
+    # --batches 0 used to time nothing and then divide by zero; argparse refuses it before any data
+    mod = _load()
+    monkeypatch.setattr(sys, "argv", ["data_speed.py", option, value])
+    with pytest.raises(SystemExit) as exc:
+        mod.main()
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}: must be a positive integer, got '{value}': give 1 or more" in err
