@@ -40,8 +40,10 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write JSON atomically (indented, trailing newline)."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+    """Write JSON atomically (indented, trailing newline) as UTF-8, non-ASCII characters kept
+    literal so results files read ``λ1`` rather than ``\\u03bb1``."""
+    text = json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
