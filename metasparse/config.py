@@ -37,6 +37,9 @@ class ModelConfig:
     backbone_options: dict[str, Any] = field(default_factory=dict)
     head: str = "proto"
     head_options: dict[str, Any] = field(default_factory=dict)
+    # the backbone's activations in channels-last (NHWC) memory format: same results up to
+    # round-off, faster convolutions on CPUs (benchmarks/loop_overhead.py)
+    channels_last: bool = False
 
 
 @dataclass

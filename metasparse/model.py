@@ -24,10 +24,13 @@ def build_component(kind: str, builder: Any, name: str, options: dict[str, Any])
 class FewShotModel(nn.Module):
     """Embeds support and query images in one backbone pass, then lets the head classify."""
 
-    def __init__(self, backbone: nn.Module, head: Head) -> None:
+    def __init__(self, backbone: nn.Module, head: Head, channels_last: bool = False) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.channels_last = channels_last
+        if channels_last:
+            backbone.to(memory_format=torch.channels_last)
 
     @classmethod
     def from_config(cls, model_cfg: Any, in_channels: int) -> FewShotModel:
@@ -35,13 +38,15 @@ class FewShotModel(nn.Module):
         backbone_options = {"in_channels": in_channels, **model_cfg.backbone_options}
         backbone = build_component("backbone", build_backbone, model_cfg.backbone, backbone_options)
         head = build_component("head", build_head, model_cfg.head, dict(model_cfg.head_options))
-        return cls(backbone, head)
+        return cls(backbone, head, channels_last=model_cfg.channels_last)
 
     def embed(self, support: Tensor, query: Tensor) -> tuple[Tensor, Tensor]:
         """(tasks, n, C, H, W) images → (tasks, n, d) features, support and query together."""
         tasks, n_s = support.shape[:2]
         n_q = query.shape[1]
         images = torch.cat([support.flatten(0, 1), query.flatten(0, 1)])
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         feats = self.backbone(images).flatten(1)
         f_s = feats[: tasks * n_s].reshape(tasks, n_s, -1)
         f_q = feats[tasks * n_s :].reshape(tasks, n_q, -1)

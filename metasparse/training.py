@@ -58,6 +58,7 @@ _RESUMABLE_CHANGES = {
     "train.log_every",
     "train.checkpoint_every",
     "train.device",
+    "model.channels_last",
     "data.num_workers",
     "data.root",
 }

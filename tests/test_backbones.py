@@ -159,3 +159,33 @@ def test_resnet12_uses_dropblock_in_the_last_two_blocks_only():
     assert kinds == [False, False, True, True]
     assert net.blocks[2].dropblock.block_size == 2
     assert [block.dropout for block in net.blocks[:2]] == [0.1, 0.1]
+
+
+@pytest.mark.parametrize("name", ["conv4", "resnet12"])
+def test_channels_last_model_matches_the_contiguous_one(name):
+    # model.channels_last changes memory layout only: the same weights give the same features
+    # and gradients up to float32 round-off of the convolutions' sums
+    from metasparse.config import ModelConfig
+    from metasparse.model import FewShotModel
+
+    # (dropout draws its mask in memory order, so ResNet-12 is compared without it)
+    small = {"widths": [8, 8, 8, 8], "drop_rate": 0.0}
+    options = {"hidden": 8, "out_channels": 8} if name == "conv4" else small
+    models = [
+        FewShotModel.from_config(
+            ModelConfig(backbone=name, backbone_options=options, channels_last=cl), 3
+        )
+        for cl in (False, True)
+    ]
+    models[1].load_state_dict(models[0].state_dict())
+    support, query = torch.randn(2, 5, 3, 32, 32), torch.randn(2, 4, 3, 32, 32)
+    outs = []
+    for model in models:
+        f_s, f_q = model.embed(support, query)
+        (f_s.square().sum() + f_q.sum()).backward()
+        grad = torch.cat([p.grad.flatten() for p in model.backbone.parameters()])
+        outs.append((f_s, f_q, grad))
+    conv = next(m for m in models[1].backbone.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    for a, b in zip(outs[0], outs[1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(a.abs().max()))
