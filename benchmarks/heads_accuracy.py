@@ -65,11 +65,44 @@ def step_time_split(history: list[dict[str, Any]]) -> dict[str, float]:
     return {k: sum(m.get(k, 0.0) for m in means) / max(len(means), 1) for k in keys}
 
 
+def table(results: dict[str, Any]) -> str:
+    """The README's markdown table of a results file: one row per recorded run."""
+    lines = []
+    for tag, entry in results.items():
+        if not isinstance(entry, dict) or "test" not in entry:
+            continue
+        rows = entry["test"]
+        if lines == []:
+            settings = " | ".join(f"{r['way']}-way {r['shot']}-shot" for r in rows)
+            lines += [
+                f"| run | {settings} | one-shot runs, error | train min "
+                "| s/step data / backbone / head | features used |",
+                "| --- " * (len(rows) + 5) + "|",
+            ]
+        accs = " | ".join(f"{r['accuracy']:.2f} ± {r['ci95']:.2f}" for r in rows)
+        err = entry.get("omniglot_runs_error_rate")
+        minutes = entry.get("train_seconds")
+        split = entry.get("step_time_split_s", {})
+        used = [r["head_stats"].get("features_used") for r in rows]
+        lines.append(
+            f"| {tag} | {accs} | {'-' if err is None else f'{err:.1f} %'} | "
+            f"{'-' if minutes is None else f'{minutes / 60:.0f}'} | "
+            + " / ".join(
+                f"{split.get(k, 0.0):.3f}" for k in ("time/data", "time/backbone", "time/head")
+            )
+            + " | "
+            + ("-" if None in used else " / ".join(f"{100 * u:.0f}%" for u in used))
+            + " |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     """Train, test and record each head."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("dataset", choices=sorted(SETTINGS))
-    p.add_argument("--root", required=True, help="the dataset folder")
+    p.add_argument("--root", default=None, help="the dataset folder (required unless --table)")
+    p.add_argument("--table", action="store_true", help="print the results file as a table")
     p.add_argument("--heads", nargs="+", default=["proto", "ridge", "svm_cs"])
     p.add_argument("--config", default=None, help="train this config instead (one head in --heads)")
     p.add_argument("--results", default=None, help="default: results/<dataset>_heads.json")
@@ -102,6 +135,12 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     config_dir, settings = SETTINGS[args.dataset]
+    if args.table:
+        path = Path(args.results or REPO / f"benchmarks/results/{args.dataset}_heads.json")
+        print(table(json.loads(path.read_text(encoding="utf-8"))))
+        return
+    if args.root is None:
+        p.error("--root is required to train and test")
     out_dir = args.output_dir or f"runs/bench_{args.dataset}"
     results_path = Path(args.results or REPO / f"benchmarks/results/{args.dataset}_heads.json")
     machine = {

@@ -84,3 +84,26 @@ def test_tiny_lake_run_records_runs_from_unseen_alphabets(tmp_path, shared_data)
         (20, 1, 3),
         (20, 5, 3),
     ]
+
+
+def test_table_prints_one_row_per_recorded_run():
+    def row(way, shot, acc, used=None):
+        stats = {} if used is None else {"features_used": used}
+        return {"way": way, "shot": shot, "accuracy": acc, "ci95": 0.5, "head_stats": stats}
+
+    results = {
+        "machine": {"torch": "x"},  # not a run
+        "proto": {"test": [row(5, 1, 95.0), row(20, 1, 85.25)], "train_seconds": 120.0},
+        "gs": {
+            "test": [row(5, 1, 93.0, 0.9), row(20, 1, 80.0, 0.75)],
+            "omniglot_runs_error_rate": 33.25,
+            "step_time_split_s": {"time/data": 0.001, "time/backbone": 0.5, "time/head": 0.25},
+        },
+    }
+    lines = heads_accuracy.table(results).splitlines()
+    assert lines[0].startswith("| run | 5-way 1-shot | 20-way 1-shot | one-shot runs, error")
+    assert len(lines) == 4
+    assert lines[2] == "| proto | 95.00 ± 0.50 | 85.25 ± 0.50 | - | 2 | 0.000 / 0.000 / 0.000 | - |"
+    assert lines[3] == (
+        "| gs | 93.00 ± 0.50 | 80.00 ± 0.50 | 33.2 % | - | 0.001 / 0.500 / 0.250 | 90% / 75% |"
+    )
