@@ -30,6 +30,7 @@ from metasparse.checkpoint import load_checkpoint, model_from_checkpoint
 from metasparse.data import build_dataset
 from metasparse.data.episodes import episode_loader
 from metasparse.heads import build_head
+from metasparse.solvers import tuning
 from metasparse.utils import atomic_write_json
 
 
@@ -74,11 +75,16 @@ def main() -> None:
     p.add_argument("--threads", type=positive, default=1)
     p.add_argument("--head", default=None, help="another head on the same backbone")
     p.add_argument("--head-option", action="append", default=[], help="key=value (YAML)")
+    p.add_argument(
+        "--prox-size", type=positive, default=None, help="override tuning.PROX_SIZE (r·K cap)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None)
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
+    if args.prox_size is not None:
+        tuning.PROX_SIZE = args.prox_size
     ckpt = load_checkpoint(args.checkpoint)
     model, cfg = model_from_checkpoint(ckpt)
     if args.head:
@@ -140,6 +146,7 @@ def main() -> None:
                 "head": head,
                 "head_options": args.head_option,
                 "threads": args.threads,
+                "prox_size": tuning.PROX_SIZE,
                 "batches": args.batches,
                 "machine": {"torch": torch.__version__, "platform": platform.platform()},
                 "rows": rows,
