@@ -40,7 +40,28 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ValueError(
             f"{p} is a torch file but not a metasparse checkpoint (expected format {FORMAT!r})"
         )
+    missing = [k for k in MODEL_KEYS if k not in ckpt]
+    if missing:
+        raise ValueError(
+            f"checkpoint {p} lacks {', '.join(missing)}: it was not written by metasparse's "
+            "training (or was edited); use best.pt/last.pt of a run"
+        )
     return ckpt
+
+
+MODEL_KEYS = ("config", "in_channels", "model")  # what testing a checkpoint needs
+
+
+def load_model_state(model: torch.nn.Module, state: dict[str, Any], where: str) -> None:
+    """``model.load_state_dict(state)``, a mismatch raised as a ValueError naming the fix."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0][:300]
+        raise ValueError(
+            f"the weights in {where} do not fit the model its config builds ({first}); the "
+            "checkpoint was written by another version of the model or its config was edited"
+        ) from exc
 
 
 def model_from_checkpoint(
@@ -49,5 +70,5 @@ def model_from_checkpoint(
     """Rebuild the model and its config from a loaded checkpoint (eval mode)."""
     cfg = from_dict(ckpt["config"])
     model = FewShotModel.from_config(cfg.model, in_channels=int(ckpt["in_channels"]))
-    model.load_state_dict(ckpt["model"])
+    load_model_state(model, ckpt["model"], "the checkpoint")
     return model.to(device).eval(), cfg

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from metasparse.checkpoint import load_checkpoint, save_checkpoint
+from metasparse.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from metasparse.config import Config, TrainConfig, from_dict, load_config, save_config
 from metasparse.data import FewShotDataset, build_dataset
 from metasparse.evaluation import evaluate
@@ -65,6 +65,17 @@ _RESUMABLE_CHANGES = {
 
 
 OPTIMIZERS = ("sgd", "adam")
+# what resuming needs beyond the model (checkpoint.MODEL_KEYS)
+RESUME_KEYS = (
+    "optimizer",
+    "epoch",
+    "step_in_epoch",
+    "global_step",
+    "best_val",
+    "best_epoch",
+    "history",
+    "rng",
+)
 
 
 def make_optimizer(params: Any, t: TrainConfig) -> torch.optim.Optimizer:
@@ -158,6 +169,12 @@ class Trainer:
         }
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
+        missing = [k for k in RESUME_KEYS if k not in ckpt]
+        if missing:
+            raise ValueError(
+                f"checkpoints/last.pt lacks {', '.join(missing)}, so training cannot resume from "
+                "it (it can still be tested); start a new run without --resume"
+            )
         # Keys added to the config after the checkpoint was written take their defaults, which
         # keep the behaviour of the code that wrote it; so older runs still resume.
         saved = from_dict(ckpt["config"]).to_dict()
@@ -169,8 +186,14 @@ class Trainer:
                 "cannot resume: the config differs from the checkpoint's in "
                 f"{', '.join(changed)} (only {', '.join(sorted(_RESUMABLE_CHANGES))} may change)"
             )
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        load_model_state(self.model, ckpt["model"], "checkpoints/last.pt")
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError) as exc:
+            raise ValueError(
+                f"the optimizer state in checkpoints/last.pt does not fit train.optimizer "
+                f"{self.cfg.train.optimizer!r} and the model's parameters ({exc})"
+            ) from exc
         self.epoch, self.step_in_epoch = int(ckpt["epoch"]), int(ckpt["step_in_epoch"])
         self.global_step = int(ckpt["global_step"])
         self.best_val, self.best_epoch = float(ckpt["best_val"]), int(ckpt["best_epoch"])
@@ -209,18 +232,45 @@ class Trainer:
         _sync(dev)
         t2 = time.perf_counter()
         torch.autograd.backward([f_s, f_q], [h_s.grad, h_q.grad])  # … → backbone parameters
+        self._check_finite(loss, batch, stats)  # before the step: the weights stay good
         self.optimizer.step()
         _sync(dev)
         t3 = time.perf_counter()
         times = {"head": t2 - t1, "backbone": (t1 - t0) + (t3 - t2)}
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"training loss became {loss.item()} at step {self.global_step}; lower train.lr "
-                "or check the head's options"
-            )
         acc = (logits.argmax(-1) == batch["query_labels"]).float().mean().item() * 100.0
         metrics = {"loss": loss.item(), "accuracy": acc, **{k: float(v) for k, v in stats.items()}}
         return metrics, times
+
+    def _check_finite(
+        self, loss: torch.Tensor, batch: dict[str, torch.Tensor], stats: dict[str, Any]
+    ) -> None:
+        """Stop before a non-finite loss or gradient reaches the weights; save the batch, the
+        head's statistics and the names of the bad gradients for debugging."""
+        bad = [
+            n
+            for n, p in self.model.named_parameters()
+            if p.grad is not None and not bool(torch.isfinite(p.grad).all())
+        ]
+        if bool(torch.isfinite(loss)) and not bad:
+            return
+        dump = self.run_dir / f"nonfinite_step{self.global_step}.pt"
+        save_checkpoint(
+            {
+                "batch": {k: v.detach().cpu() for k, v in batch.items()},
+                "loss": loss.detach().cpu(),
+                "head_stats": {k: float(v) for k, v in stats.items()},
+                "nonfinite_grads": bad,
+                "global_step": self.global_step,
+            },
+            dump,
+        )
+        what = f"loss {loss.item()}" if not bool(torch.isfinite(loss)) else "a gradient"
+        raise FloatingPointError(
+            f"training stopped at step {self.global_step}: {what} is not finite "
+            f"({len(bad)} parameter(s) with non-finite gradients, e.g. {bad[:3]}); the weights "
+            f"were not updated. Batch and head statistics saved to {dump}. Lower train.lr, "
+            "check the head's options, or resume from checkpoints/last.pt"
+        )
 
     # ----------------------------------------------------------------- the loop
     def validate(self) -> dict[str, Any]:

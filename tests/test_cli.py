@@ -120,3 +120,16 @@ def test_demo_trains_tests_and_reports(tmp_path, capsys):
         )
         == 0
     )
+
+
+def test_python_dash_m_runs_the_cli():
+    import subprocess
+    import sys
+
+    res = subprocess.run(
+        [sys.executable, "-m", "metasparse", "train", "train.epoch=2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 2 and "did you mean 'epochs'" in res.stderr

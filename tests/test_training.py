@@ -178,3 +178,59 @@ def test_checkpoint_without_newer_config_keys_resumes(tmp_path):
     del ckpt["config"]["train"]["optimizer"], ckpt["config"]["train"]["scale_weight_decay"]
     torch.save(ckpt, last)
     Trainer(cfg, resume=True, progress=False).fit()
+
+
+def _weights(model):
+    # the parameters (BatchNorm's running statistics do move in the failed forward pass)
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+def test_nonfinite_loss_stops_before_the_weights_change(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path), progress=False)
+    before = _weights(trainer.model)
+    head = trainer.model.head
+    original = head.forward
+
+    def nan_logits(*args, **kwargs):
+        logits, stats = original(*args, **kwargs)
+        return logits * float("nan"), stats
+
+    head.forward = nan_logits
+    with pytest.raises(FloatingPointError, match=r"step 0: loss nan is not finite.*not updated"):
+        trainer.fit()
+    for key, value in trainer.model.named_parameters():
+        torch.testing.assert_close(value.detach(), before[key], rtol=0, atol=0)
+    dump = torch.load(trainer.run_dir / "nonfinite_step0.pt", weights_only=True)
+    assert set(dump["batch"]) >= {"support", "query", "support_labels", "query_labels"}
+    assert dump["global_step"] == 0
+
+
+def test_nonfinite_gradient_is_named_and_stops_the_step(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path), progress=False)
+    before = _weights(trainer.model)
+    name, param = next(iter(trainer.model.backbone.named_parameters()))
+    param.register_hook(lambda g: g * float("inf"))
+    with pytest.raises(FloatingPointError, match=rf"a gradient is not finite.*backbone\.{name}"):
+        trainer.fit()
+    for key, value in trainer.model.named_parameters():
+        torch.testing.assert_close(value.detach(), before[key], rtol=0, atol=0)
+
+
+def test_checkpoint_missing_keys_and_mismatched_weights_are_clear_errors(tmp_path):
+    cfg = tiny_config(tmp_path)
+    Trainer(cfg, progress=False).fit(max_steps=1)
+    last = cfg.run_dir / "checkpoints" / "last.pt"
+    ckpt = load_checkpoint(last)
+
+    no_opt = {k: v for k, v in ckpt.items() if k != "optimizer"}
+    torch.save(no_opt, last)
+    with pytest.raises(ValueError, match="lacks optimizer, so training cannot resume"):
+        Trainer(cfg, resume=True, progress=False)
+
+    torch.save({k: v for k, v in ckpt.items() if k != "model"}, last)
+    with pytest.raises(ValueError, match="lacks model"):
+        load_checkpoint(last)
+
+    ckpt["config"]["model"]["backbone_options"]["hidden"] = 8  # weights are for 16
+    with pytest.raises(ValueError, match="do not fit the model its config builds"):
+        model_from_checkpoint(ckpt)

@@ -1,0 +1,7 @@
+"""``python -m metasparse …``: the same commands as the ``metasparse`` console script."""
+
+import sys
+
+from metasparse.cli import main
+
+sys.exit(main())
