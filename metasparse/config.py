@@ -152,6 +152,94 @@ def from_dict(data: dict[str, Any]) -> Config:
     return cfg
 
 
+def _require(ok: bool, key: str, rule: str, value: Any, fix: str) -> None:
+    if not ok:
+        raise ValueError(f"config key {key!r} {rule}, got {value!r}; {fix}")
+
+
+def check_training(cfg: Config) -> None:
+    """Range checks of what training reads, each error naming the key, the rule and a fix."""
+    t, v = cfg.train, cfg.val
+    for section, obj in (("train", t), ("val", v)):
+        for key in ("way", "shot", "query", "episodes_per_batch"):
+            value = getattr(obj, key)
+            least = 2 if key == "way" else 1
+            _require(
+                value >= least,
+                f"{section}.{key}",
+                f"must be at least {least}",
+                value,
+                "episodes need that many",
+            )
+    for key in ("batches_per_epoch", "epochs", "log_every"):
+        _require(
+            getattr(t, key) >= 1,
+            f"train.{key}",
+            "must be at least 1",
+            getattr(t, key),
+            "give a positive integer",
+        )
+    _require(
+        v.episodes >= 1,
+        "val.episodes",
+        "must be at least 1",
+        v.episodes,
+        "validation needs episodes",
+    )
+    _require(
+        t.checkpoint_every >= 0,
+        "train.checkpoint_every",
+        "must be >= 0",
+        t.checkpoint_every,
+        "0 checkpoints at epoch ends only",
+    )
+    _require(
+        t.lr > 0 and t.lr == t.lr and t.lr != float("inf"),
+        "train.lr",
+        "must be a positive finite number",
+        t.lr,
+        "e.g. 0.1 for SGD, 0.001 for Adam",
+    )
+    _require(
+        0.0 <= t.momentum < 1.0,
+        "train.momentum",
+        "must lie in [0, 1)",
+        t.momentum,
+        "MetaOptNet uses 0.9",
+    )
+    _require(
+        t.weight_decay >= 0.0,
+        "train.weight_decay",
+        "must be >= 0",
+        t.weight_decay,
+        "MetaOptNet uses 5e-4",
+    )
+    _require(
+        0.0 <= t.label_smoothing < 1.0,
+        "train.label_smoothing",
+        "must lie in [0, 1)",
+        t.label_smoothing,
+        "0 turns it off",
+    )
+    sched = t.lr_schedule
+    fix = "write it as [[epoch, factor], ...], e.g. [[20, 0.06], [40, 0.012]]"
+    _require(isinstance(sched, list), "train.lr_schedule", "must be a list", sched, fix)
+    for item in sched:
+        well = (
+            isinstance(item, list | tuple)
+            and len(item) == 2
+            and all(isinstance(x, int | float) and not isinstance(x, bool) for x in item)
+        )
+        _require(well, "train.lr_schedule", f"has a malformed entry {item!r}", sched, fix)
+        _require(
+            item[0] >= 0 and item[1] > 0,
+            "train.lr_schedule",
+            f"needs epochs >= 0 and factors > 0 (entry {item!r})",
+            sched,
+            fix,
+        )
+
+
 def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in top.items():

@@ -20,7 +20,14 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from metasparse.checkpoint import load_checkpoint, load_model_state, save_checkpoint
-from metasparse.config import Config, TrainConfig, from_dict, load_config, save_config
+from metasparse.config import (
+    Config,
+    TrainConfig,
+    check_training,
+    from_dict,
+    load_config,
+    save_config,
+)
 from metasparse.data import FewShotDataset, build_dataset
 from metasparse.evaluation import evaluate
 from metasparse.model import FewShotModel, resolve_device
@@ -101,9 +108,7 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.device = resolve_device(cfg.train.device)
         t = cfg.train
-        for key in ("way", "shot", "query", "episodes_per_batch", "batches_per_epoch", "epochs"):
-            if getattr(t, key) <= 0:
-                raise ValueError(f"train.{key} must be positive, got {getattr(t, key)}")
+        check_training(cfg)
         if t.optimizer not in OPTIMIZERS:
             raise ValueError(
                 f"unknown train.optimizer {t.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"

@@ -77,3 +77,41 @@ def test_base_inheritance_and_cycles(tmp_path):
     (tmp_path / "c.yaml").write_text("base: c.yaml\n")
     with pytest.raises(ValueError, match="includes itself"):
         load_config(tmp_path / "c.yaml")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.lr=0", r"'train\.lr' must be a positive finite number.*0\.001 for Adam"),
+        ("train.lr=.nan", r"'train\.lr' must be a positive finite number"),
+        ("train.momentum=1.0", r"'train\.momentum' must lie in \[0, 1\)"),
+        ("train.weight_decay=-0.0001", r"'train\.weight_decay' must be >= 0"),
+        ("train.label_smoothing=1.0", r"'train\.label_smoothing' must lie in \[0, 1\)"),
+        ("train.lr_schedule=[20, 0.1]", r"malformed entry 20.*\[\[epoch, factor\]"),
+        ("train.lr_schedule=[[20, 0.1, 3]]", r"malformed entry \[20, 0\.1, 3\]"),
+        ("train.lr_schedule=[[20, 0]]", r"factors > 0"),
+        ("train.way=1", r"'train\.way' must be at least 2"),
+        ("val.shot=0", r"'val\.shot' must be at least 1"),
+        ("val.episodes=0", r"'val\.episodes' must be at least 1"),
+        ("train.checkpoint_every=-1", r"'train\.checkpoint_every' must be >= 0"),
+        ("train.log_every=0", r"'train\.log_every' must be at least 1"),
+    ],
+)
+def test_training_ranges_are_checked_with_a_fix(override, message):
+    from metasparse.config import check_training, load_config
+
+    cfg = load_config(None, [override])
+    with pytest.raises(ValueError, match=message):
+        check_training(cfg)
+
+
+def test_default_and_shipped_training_configs_pass_the_range_checks():
+    from pathlib import Path
+
+    from metasparse.config import check_training, load_config
+
+    check_training(load_config(None))
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+    assert len(configs) > 10
+    for path in configs:
+        check_training(load_config(path))
