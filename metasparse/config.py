@@ -66,7 +66,9 @@ class TrainConfig:
     label_smoothing: float = 0.0
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    checkpoint_every: int = 0  # extra mid-epoch checkpoints every N steps (0: epoch ends only)
+    checkpoint_every: int = 0  # extra mid-epoch checkpoints every N steps (0: off)
+    # ... and every M minutes of wall time (0: off), so a kill loses minutes, not an epoch
+    checkpoint_minutes: float = 10.0
     log_every: int = 10
 
 

@@ -64,6 +64,7 @@ _RESUMABLE_CHANGES = {
     "train.epochs",
     "train.log_every",
     "train.checkpoint_every",
+    "train.checkpoint_minutes",
     "train.device",
     "model.channels_last",
     "data.num_workers",
@@ -142,6 +143,8 @@ class Trainer:
                 raise FileNotFoundError(
                     f"--resume given but {last} does not exist; start the run without --resume"
                 )
+            for stale in self.ckpt_dir.glob(".*.pt.*.tmp"):  # half-written by a killed run
+                stale.unlink(missing_ok=True)
             self._restore(load_checkpoint(last, map_location=self.device))
         elif last.is_file():
             raise ValueError(
@@ -313,6 +316,7 @@ class Trainer:
             mininterval=1.0,
         )
         steps_done = 0
+        last_save = time.monotonic()
         window: dict[str, list[float]] = defaultdict(list)
         self._epoch_sums: dict[str, float] = defaultdict(float)
         self._epoch_count = 0
@@ -356,8 +360,13 @@ class Trainer:
                             refresh=False,
                         )
                     bar.update(1)
-                    if t.checkpoint_every and self.global_step % t.checkpoint_every == 0:
+                    due = t.checkpoint_every and self.global_step % t.checkpoint_every == 0
+                    timed = t.checkpoint_minutes and (
+                        time.monotonic() - last_save >= 60.0 * t.checkpoint_minutes
+                    )
+                    if due or timed:
                         self.save("last")
+                        last_save = time.monotonic()
                     if max_steps is not None and steps_done >= max_steps:
                         self.save("last")
                         return self.summary(stopped=True)

@@ -234,3 +234,57 @@ def test_checkpoint_missing_keys_and_mismatched_weights_are_clear_errors(tmp_pat
     ckpt["config"]["model"]["backbone_options"]["hidden"] = 8  # weights are for 16
     with pytest.raises(ValueError, match="do not fit the model its config builds"):
         model_from_checkpoint(ckpt)
+
+
+def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
+    # a real kill: `metasparse train` in a child process, SIGKILLed once a mid-epoch checkpoint
+    # is on disk, then resumed here; weights and metrics must equal an uninterrupted run's
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    overrides = {"batches_per_epoch": 6, "checkpoint_every": 1, "log_every": 1}
+    full = train(tiny_config(tmp_path, "full", **overrides), progress=False)
+    cfg = tiny_config(tmp_path, "killed", **overrides)
+    cfg_file = tmp_path / "killed.yaml"
+    cfg_file.write_text(yaml.safe_dump(cfg.to_dict()))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "metasparse", "train", "--config", str(cfg_file), "--no-progress"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    last = cfg.run_dir / "checkpoints" / "last.pt"
+    killed_at = None
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and child.poll() is None:
+            if last.is_file():
+                step = load_checkpoint(last)["global_step"]
+                if 8 <= step < 12 and step % 6:  # mid-epoch 1
+                    child.send_signal(signal.SIGKILL)
+                    killed_at = step
+                    break
+            time.sleep(0.05)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait()
+    assert killed_at is not None, child.stderr.read().decode()[-2000:]
+    assert child.returncode == -signal.SIGKILL
+    (last.parent / ".last.pt.abc123.tmp").write_bytes(b"half a checkpoint")  # as a kill leaves
+    resumed = train(cfg, resume=True, progress=False)
+    assert not list(last.parent.glob(".*.tmp"))  # resume cleans half-written files away
+    assert resumed["global_step"] == full["global_step"] == 12
+    assert [h["val_accuracy"] for h in resumed["history"]] == [
+        h["val_accuracy"] for h in full["history"]
+    ]
+    a = load_checkpoint(tmp_path / "full/checkpoints/last.pt")["model"]
+    b = load_checkpoint(last)["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
