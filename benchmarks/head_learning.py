@@ -87,7 +87,7 @@ def main() -> None:
     p.add_argument("--results", default=str(RESULTS))
     args = p.parse_args()
     if args.table:
-        print(table(json.loads(Path(args.table).read_text())))
+        print(table(json.loads(Path(args.table).read_text(encoding="utf-8"))))
         return
     if not (args.head and args.tag):
         p.error("--head and --tag are required to train a setting")
@@ -123,7 +123,9 @@ def main() -> None:
     for r in row["test"]:
         print(f"{args.tag}: 5-way {r['shot']}-shot {r['accuracy']:.2f} ± {r['ci95']:.2f}")
     path = Path(args.results)
-    results = json.loads(path.read_text()) if path.is_file() else {}  # others may have written
+    results = (
+        json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    )  # others may have written
     results[args.tag] = row
     atomic_write_json(path, results)
 

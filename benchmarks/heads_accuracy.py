@@ -219,7 +219,9 @@ def main() -> None:
             entry["omniglot_runs_alphabets"] = alphabets
             print(f"{head:>17} 20 one-shot runs: error {entry['omniglot_runs_error_rate']:.2f}%")
         # read again just before writing: other runs may have recorded theirs meanwhile
-        results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+        results = (
+            json.loads(results_path.read_text(encoding="utf-8")) if results_path.is_file() else {}
+        )
         results[args.tag or head] = entry
         atomic_write_json(results_path, results)
     print(f"wrote {results_path}")

@@ -30,7 +30,7 @@ def test_backward_paths_runs_every_case(tmp_path):
         assert float(fwd) > 0 and float(bwd) > 0 and float(peak) >= 0
         assert float(gap) <= 1e-5
     # the JSON file: the same rows, in order, with their figures as numbers
-    data = json.loads(raw.read_text())
+    data = json.loads(raw.read_text(encoding="utf-8"))
     assert data["settings"]["shots"] == [1] and data["settings"]["dims"] == [40]
     assert data["settings"]["repeats"] == 1 and "child" not in data["settings"]
     assert data["machine"]["torch_threads"] == 1 and data["machine"]["torch"]

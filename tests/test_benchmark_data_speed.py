@@ -46,7 +46,7 @@ def test_data_speed_smoke(shared_data, tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     table = out.split("| --- | --- | --- |\n")[1].splitlines()
     assert len(table) == 4, out  # 0 workers with and without augmentation, conv4, resnet12
-    data = json.loads(raw.read_text())
+    data = json.loads(raw.read_text(encoding="utf-8"))
     assert data["settings"]["batches"] == 1 and data["settings"]["workers"] == [0]
     assert data["settings"]["tasks"] == 8 and data["machine"]["torch_threads"] == 1
     assert data["timestamp"].endswith("+00:00") and data["machine"]["torch"]

@@ -57,7 +57,7 @@ def test_head_share_reports_every_way(tmp_path):
         str(raw),
     ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600).stdout
-    rows = json.loads(raw.read_text())["rows"]
+    rows = json.loads(raw.read_text(encoding="utf-8"))["rows"]
     assert [(r["way"], r["images"]) for r in rows] == [(3, 12), (6, 24)]
     for r in rows:
         assert 0.0 < r["head_share"] < 1.0 and r["head_stats"]["iterations"] >= 1

@@ -34,7 +34,7 @@ def test_head_speed_runs_every_method_on_a_tiny_grid(tmp_path, monkeypatch, caps
         mod.main()
     finally:
         torch.set_num_threads(threads)
-    rows = json.loads(raw.read_text())["rows"]
+    rows = json.loads(raw.read_text(encoding="utf-8"))["rows"]
     by = {r["method"]: r for r in rows}
     assert rows[0]["method"] == "qpth SVM-CS (λ1=0)"
     for m in ("ours (gap ≤ 1e-5)", "ours 5 it", "PGD 5 steps (paper)"):

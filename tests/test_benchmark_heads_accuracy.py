@@ -73,7 +73,7 @@ def test_tiny_lake_run_records_runs_from_unseen_alphabets(tmp_path, shared_data)
         "model.backbone_options={hidden: 8, out_channels: 8}",
     ]
     subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
-    entry = json.loads(results.read_text())[tag]
+    entry = json.loads(results.read_text(encoding="utf-8"))[tag]
     assert entry["config"]["data"]["options"]["split_scheme"] == "lake"
     assert entry["omniglot_runs_alphabets"] == heads_accuracy.runs_alphabets("lake")
     assert len(entry["omniglot_runs_per_run"]) == 20

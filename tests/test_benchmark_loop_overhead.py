@@ -31,7 +31,7 @@ def test_loop_overhead_times_every_variant(tmp_path):
         "model.backbone_options={hidden: 8, out_channels: 8}",
     ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600).stdout
-    rows = json.loads(raw.read_text())["rows"]
+    rows = json.loads(raw.read_text(encoding="utf-8"))["rows"]
     variants = ["loop", "bare", "backbone", "data", "bare_channels_last"]
     assert [r["variant"] for r in rows] == variants
     assert all(r["median_ms"] > 0 and r["q1_ms"] <= r["q3_ms"] for r in rows)

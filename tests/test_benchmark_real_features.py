@@ -16,7 +16,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "real_features.py"
 def _json_rows(path: Path, printed: set[str], numbers: tuple[str, ...]) -> dict[str, dict]:
     """The JSON file's rows, checked against the printed ones (one each, figures finite
     numbers), by their printed row."""
-    data = json.loads(path.read_text())
+    data = json.loads(path.read_text(encoding="utf-8"))
     assert data["settings"]["backbones"] == ["conv4"] and data["settings"]["tasks"] == 2
     assert data["machine"]["torch_threads"] == 1 and data["machine"]["torch"]
     assert data["timestamp"].endswith("+00:00")

@@ -59,7 +59,7 @@ def test_train_then_test_writes_results_json(tmp_path, capsys):
         ]
     )
     assert rc == 0
-    results = json.loads(out.read_text())
+    results = json.loads(out.read_text(encoding="utf-8"))
     assert len(results) == 4
     for r in results:
         assert {"way", "shot", "query", "episodes", "accuracy", "ci95", "head"} <= set(r)
@@ -97,7 +97,7 @@ def test_demo_trains_tests_and_reports(tmp_path, capsys):
     out = tmp_path / "demo"
     rc = main(["demo", "--steps", "4", "--episodes", "10", "--output", str(out), "--no-progress"])
     assert rc == 0
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert {(r["head"], r["shot"]) for r in results} == {(h, s) for h in DEMO_HEADS for s in (1, 5)}
     assert set(DEMO_HEADS) == {"proto", "svm_cs", "group_sparse_svm"}
     text = capsys.readouterr().out

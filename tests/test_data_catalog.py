@@ -41,11 +41,11 @@ def test_splits_equal_shared_lists(shared_data):
     if not root.is_dir():
         pytest.skip(f"{root} absent")
     for s in SPLITS:
-        pairs = json.loads((root / f"cifarfs_{s}.json").read_text())
+        pairs = json.loads((root / f"cifarfs_{s}.json").read_text(encoding="utf-8"))
         assert sorted(f for _, f in pairs) == cat.cifar_fs_classes(s)
         for coarse, fine in pairs:
             assert fine in cat.CIFAR100_SUPERCLASSES[coarse]
-        assert sorted(json.loads((root / f"fc100_{s}.json").read_text())) == (
+        assert sorted(json.loads((root / f"fc100_{s}.json").read_text(encoding="utf-8"))) == (
             cat.fc100_superclasses(s)
         )
         with open(root / f"miniimagenet_ravi_{s}.csv") as fh:

@@ -110,7 +110,7 @@ def test_packaged_vinyals_split_matches_reference_files(shared_data):
             pytest.skip(f"{path} absent")
         reference = {
             zset: [f"{a}/{c}" for a, chars in alphabets.items() for c in chars]
-            for zset, alphabets in json.loads(path.read_text()).items()
+            for zset, alphabets in json.loads(path.read_text(encoding="utf-8")).items()
             if alphabets
         }
         ours = omniglot.vinyals_characters(split)

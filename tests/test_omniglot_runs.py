@@ -47,7 +47,7 @@ def test_write_then_read_round_trip(tmp_path, eval_zip):
     line = (out / "run02" / "class_labels.txt").read_text().splitlines()[0]
     assert line.startswith("run02/test/item01.png run02/training/class")
     runs = read_runs(out)
-    sources = json.loads((out / "sources.json").read_text())["runs"]
+    sources = json.loads((out / "sources.json").read_text(encoding="utf-8"))["runs"]
     assert len(runs) == 4
     with zipfile.ZipFile(eval_zip) as zf:
         for run, src in zip(runs, sources, strict=True):
@@ -80,7 +80,10 @@ def test_write_runs_is_deterministic_and_seeded(tmp_path, eval_zip):
     write_runs(tmp_path / "b", eval_zip, seed=5, **kwargs)
     write_runs(tmp_path / "c", eval_zip, seed=6, **kwargs)
     text = {k: (tmp_path / k / "run01" / "class_labels.txt").read_text() for k in "abc"}
-    sources = {k: json.loads((tmp_path / k / "sources.json").read_text())["runs"] for k in "abc"}
+    sources = {
+        k: json.loads((tmp_path / k / "sources.json").read_text(encoding="utf-8"))["runs"]
+        for k in "abc"
+    }
     assert text["a"] == text["b"] and sources["a"] == sources["b"]
     assert sources["a"] != sources["c"]
     with pytest.raises(FileExistsError, match="already holds run01"):
@@ -151,7 +154,7 @@ def test_real_runs_from_held_out_alphabets(shared_data, tmp_path):
     out = tmp_path / "runs"
     write_runs(out, root)  # the official shape: 20 runs of 20-way one-shot
     runs = read_runs(out)
-    sources = json.loads((out / "sources.json").read_text())["runs"]
+    sources = json.loads((out / "sources.json").read_text(encoding="utf-8"))["runs"]
     assert len(runs) == 20
     held_out = set(held_out_alphabets())
     assert len(held_out) == 12 and "Gurmukhi" not in held_out  # partly trained on by Vinyals

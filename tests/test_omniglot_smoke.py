@@ -43,7 +43,7 @@ def test_omniglot_train_test_and_runs(shared_data, tmp_path, head):
         ]
     )
     assert rc == 0
-    history = json.loads((run / "history.json").read_text())
+    history = json.loads((run / "history.json").read_text(encoding="utf-8"))
     assert len(history) == 2
     assert history[-1]["val_accuracy"] > 40.0  # 5-way 1-shot, chance 20%
 
@@ -74,7 +74,7 @@ def test_omniglot_train_test_and_runs(shared_data, tmp_path, head):
         ]
     )
     assert rc == 0
-    (result,) = json.loads(out.read_text())
+    (result,) = json.loads(out.read_text(encoding="utf-8"))
     assert result["accuracy"] > 40.0 and result["head"] == head and result["ci95"] > 0
 
     runs_dir = tmp_path / "runs"
@@ -92,6 +92,6 @@ def test_omniglot_train_test_and_runs(shared_data, tmp_path, head):
         ]
     )
     assert rc == 0
-    runs = json.loads(out_runs.read_text())
+    runs = json.loads(out_runs.read_text(encoding="utf-8"))
     assert len(runs["per_run"]) == 3
     assert runs["error_rate"] < 90.0  # chance is 95% error at 20-way

@@ -75,7 +75,7 @@ def test_cli_disentangle_writes_csv_json_plot_and_tensorboard(tmp_path: Path) ->
         ("violated", "ridge"),
     ]
     assert rows[1]["coupled"] == "0-1" and rows[1]["mcc_coupled"] != "nan"
-    data = json.loads((out / "results.json").read_text())
+    data = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert len(data["runs"]) == 4 and data["config"]["n_factors"] == 4
     assert (out / "mcc_vs_ratio.png").stat().st_size > 10_000
     assert len(list((out / "tensorboard").iterdir())) == 4

@@ -189,7 +189,7 @@ def read_manifest(root: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"no {MANIFEST} in {root}: not a prepared dataset folder")
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path} is corrupt ({exc}); prepare the dataset again") from exc
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
