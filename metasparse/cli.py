@@ -12,6 +12,7 @@ from collections.abc import Sequence
 _COMMAND_MODULES = (
     "metasparse.training",
     "metasparse.evaluation",
+    "metasparse.sweep",
     "metasparse.demo",
     "metasparse.data.cli",
     "metasparse.synthetic.cli",

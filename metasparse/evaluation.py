@@ -68,15 +68,108 @@ def evaluate(
     embedded once and the episodes are drawn from the features — the same tasks and logits as
     embedding each episode, at a fraction of the cost.
     """
-    from metasparse.data.episodes import episode_loader
-
     device = torch.device(device)
-    num_batches = -(-episodes // episodes_per_batch)
     was_training = model.training
     model.eval()
-    if precompute:
-        dataset = _FeatureDataset(embed_dataset(model, dataset, device), dataset)
-        num_workers = 0
+    try:
+        if precompute:
+            features = feature_dataset(model, dataset, device)
+            return evaluate_head(
+                model.head,
+                features,
+                way,
+                shot,
+                query,
+                episodes,
+                seed,
+                episodes_per_batch,
+                device,
+                progress,
+                desc,
+            )
+
+        def classify(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
+            return model(batch["support"], batch["support_labels"], batch["query"], way)
+
+        return _run_episodes(
+            classify,
+            dataset,
+            way,
+            shot,
+            query,
+            episodes,
+            seed,
+            episodes_per_batch,
+            device,
+            progress,
+            desc,
+            num_workers,
+        )
+    finally:
+        model.train(was_training)
+
+
+def feature_dataset(
+    model: FewShotModel, dataset: FewShotDataset, device: torch.device | str = "cpu"
+) -> FewShotDataset:
+    """``dataset`` with every image replaced by its backbone features (eval mode), so that many
+    heads can be evaluated on the same episodes without embedding them again."""
+    return _FeatureDataset(embed_dataset(model, dataset, torch.device(device)), dataset)
+
+
+@torch.no_grad()
+def evaluate_head(
+    head: torch.nn.Module,
+    features: FewShotDataset,
+    way: int,
+    shot: int,
+    query: int,
+    episodes: int,
+    seed: int,
+    episodes_per_batch: int = 8,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+    desc: str = "eval",
+) -> dict[str, Any]:
+    """:func:`evaluate` of one head on a :func:`feature_dataset`: same seeded episodes."""
+
+    def classify(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
+        return head(batch["query"], batch["support"], batch["support_labels"], way)
+
+    return _run_episodes(
+        classify,
+        features,
+        way,
+        shot,
+        query,
+        episodes,
+        seed,
+        episodes_per_batch,
+        torch.device(device),
+        progress,
+        desc,
+        0,
+    )
+
+
+def _run_episodes(
+    classify: Any,
+    dataset: FewShotDataset,
+    way: int,
+    shot: int,
+    query: int,
+    episodes: int,
+    seed: int,
+    episodes_per_batch: int,
+    device: torch.device,
+    progress: bool,
+    desc: str,
+    num_workers: int,
+) -> dict[str, Any]:
+    """Accuracy ± CI, the mean head statistics, and per episode / per batch records."""
+    from metasparse.data.episodes import episode_loader
+
+    num_batches = -(-episodes // episodes_per_batch)
     loader = episode_loader(
         dataset,
         way,
@@ -89,27 +182,27 @@ def evaluate(
         num_workers=num_workers,
     )
     accs: list[np.ndarray] = []
-    stats_sum: dict[str, float] = defaultdict(float)
-    n_batches = 0
+    batch_stats: list[dict[str, float]] = []
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False, unit="batch"):
         batch = _to_device(batch, device)
-        if precompute:
-            logits, stats = model.head(
-                batch["query"], batch["support"], batch["support_labels"], way
-            )
-        else:
-            logits, stats = model(batch["support"], batch["support_labels"], batch["query"], way)
+        logits, stats = classify(batch)
         correct = (logits.argmax(-1) == batch["query_labels"]).float().mean(-1)
         accs.append(correct.cpu().numpy())
-        for key, value in stats.items():
-            stats_sum[key] += float(value)
-        n_batches += 1
-    model.train(was_training)
+        batch_stats.append({k: float(v) for k, v in stats.items()})
     per_episode = np.concatenate(accs)[:episodes] * 100.0
     mean, ci = mean_ci95(per_episode)
-    result: dict[str, Any] = {"accuracy": mean, "ci95": ci, "episodes": int(per_episode.size)}
-    result["head_stats"] = {k: v / max(n_batches, 1) for k, v in stats_sum.items()}
-    return result
+    stats_sum: dict[str, float] = defaultdict(float)
+    for record in batch_stats:
+        for key, value in record.items():
+            stats_sum[key] += value
+    return {
+        "accuracy": mean,
+        "ci95": ci,
+        "episodes": int(per_episode.size),
+        "head_stats": {k: v / max(len(batch_stats), 1) for k, v in stats_sum.items()},
+        "per_episode_accuracy": per_episode.tolist(),
+        "batch_stats": batch_stats,
+    }
 
 
 def _parse_options(items: list[str]) -> dict[str, Any]:
