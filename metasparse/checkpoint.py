@@ -32,6 +32,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
         reason = (str(exc).splitlines() or [""])[0][:200]
+        if "weights_only" in str(exc):  # torch's advice to unpickle anything: not for us
+            reason = "it holds objects other than tensors and plain data"
         raise ValueError(
             f"checkpoint {p} is unreadable ({type(exc).__name__}: {reason});"
             " it may be truncated or not a metasparse checkpoint — use best.pt/last.pt of a run"

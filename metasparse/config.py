@@ -193,7 +193,14 @@ def check_training(cfg: Config) -> None:
         "train.checkpoint_every",
         "must be >= 0",
         t.checkpoint_every,
-        "0 checkpoints at epoch ends only",
+        "0 turns step-count checkpoints off",
+    )
+    _require(
+        t.checkpoint_minutes >= 0,
+        "train.checkpoint_minutes",
+        "must be >= 0",
+        t.checkpoint_minutes,
+        "0 turns timed checkpoints off",
     )
     _require(
         t.lr > 0 and t.lr == t.lr and t.lr != float("inf"),

@@ -95,6 +95,7 @@ def test_base_inheritance_and_cycles(tmp_path):
         ("val.episodes=0", r"'val\.episodes' must be at least 1"),
         ("train.checkpoint_every=-1", r"'train\.checkpoint_every' must be >= 0"),
         ("train.log_every=0", r"'train\.log_every' must be at least 1"),
+        ("train.checkpoint_minutes=-1", r"'train\.checkpoint_minutes' must be >= 0.*0 turns"),
     ],
 )
 def test_training_ranges_are_checked_with_a_fix(override, message):
@@ -115,3 +116,10 @@ def test_default_and_shipped_training_configs_pass_the_range_checks():
     assert len(configs) > 10
     for path in configs:
         check_training(load_config(path))
+
+
+def test_unknown_device_is_a_clear_error():
+    from metasparse.model import resolve_device
+
+    with pytest.raises(ValueError, match="unknown device 'gpu'; use auto, cpu, cuda or cuda:N"):
+        resolve_device("gpu")

@@ -288,3 +288,14 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     b = load_checkpoint(last)["model"]
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_a_checkpoint_holding_objects_is_refused_without_unsafe_advice(tmp_path):
+    class Opaque:
+        pass
+
+    path = tmp_path / "objects.pt"
+    torch.save({"format": "x", "thing": Opaque()}, path)
+    with pytest.raises(ValueError, match="holds objects other than tensors") as info:
+        load_checkpoint(path)
+    assert "weights_only=False" not in str(info.value)
