@@ -65,10 +65,14 @@ def step_time_split(history: list[dict[str, Any]]) -> dict[str, float]:
     return {k: sum(m.get(k, 0.0) for m in means) / max(len(means), 1) for k in keys}
 
 
-def table(results: dict[str, Any]) -> str:
-    """The README's markdown table of a results file: one row per recorded run."""
+def table(results: dict[str, Any], tags: list[str] | None = None) -> str:
+    """The README's markdown table of a results file: one row per recorded run (``tags``: these
+    runs, in this order)."""
     lines = []
-    for tag, entry in results.items():
+    for tag in tags or list(results):
+        entry = results.get(tag)
+        if tags and entry is None:
+            raise ValueError(f"no run {tag!r} in the results; recorded: {', '.join(results)}")
         if not isinstance(entry, dict) or "test" not in entry:
             continue
         rows = entry["test"]
@@ -103,6 +107,7 @@ def main() -> None:
     p.add_argument("dataset", choices=sorted(SETTINGS))
     p.add_argument("--root", default=None, help="the dataset folder (required unless --table)")
     p.add_argument("--table", action="store_true", help="print the results file as a table")
+    p.add_argument("--tags", nargs="*", default=None, help="--table: these runs, in order")
     p.add_argument("--heads", nargs="+", default=["proto", "ridge", "svm_cs"])
     p.add_argument("--config", default=None, help="train this config instead (one head in --heads)")
     p.add_argument("--results", default=None, help="default: results/<dataset>_heads.json")
@@ -137,7 +142,7 @@ def main() -> None:
     config_dir, settings = SETTINGS[args.dataset]
     if args.table:
         path = Path(args.results or REPO / f"benchmarks/results/{args.dataset}_heads.json")
-        print(table(json.loads(path.read_text(encoding="utf-8"))))
+        print(table(json.loads(path.read_text(encoding="utf-8")), args.tags))
         return
     if args.root is None:
         p.error("--root is required to train and test")

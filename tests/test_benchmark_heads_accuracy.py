@@ -107,3 +107,12 @@ def test_table_prints_one_row_per_recorded_run():
     assert lines[3] == (
         "| gs | 93.00 ± 0.50 | 80.00 ± 0.50 | 33.2 % | - | 0.001 / 0.500 / 0.250 | 90% / 75% |"
     )
+
+
+def test_table_selects_and_orders_runs_by_tag():
+    row = {"way": 5, "shot": 1, "accuracy": 90.0, "ci95": 0.5, "head_stats": {}}
+    results = {"a": {"test": [row]}, "b": {"test": [row]}}
+    lines = heads_accuracy.table(results, ["b"]).splitlines()
+    assert len(lines) == 3 and lines[2].startswith("| b |")
+    with pytest.raises(ValueError, match=r"no run 'c'.*recorded: a, b"):
+        heads_accuracy.table(results, ["c"])
