@@ -40,7 +40,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         ) from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(
-            f"{p} is a torch file but not a metasparse checkpoint (expected format {FORMAT!r})"
+            f"{p} is a torch file but not a metasparse checkpoint (expected format {FORMAT!r}); "
+            "give best.pt or last.pt from a run's checkpoints/ folder"
         )
     missing = [k for k in MODEL_KEYS if k not in ckpt]
     if missing:
@@ -62,7 +63,8 @@ def load_model_state(model: torch.nn.Module, state: dict[str, Any], where: str) 
         first = str(exc).splitlines()[0][:300]
         raise ValueError(
             f"the weights in {where} do not fit the model its config builds ({first}); the "
-            "checkpoint was written by another version of the model or its config was edited"
+            "checkpoint was written by another version of the model or its config was edited: "
+            "restore its config, or test it with the metasparse version that wrote it"
         ) from exc
 
 
