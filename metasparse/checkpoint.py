@@ -76,3 +76,59 @@ def model_from_checkpoint(
     model = FewShotModel.from_config(cfg.model, in_channels=int(ckpt["in_channels"]))
     load_model_state(model, ckpt["model"], "the checkpoint")
     return model.to(device).eval(), cfg
+
+
+def _config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict) and key not in ("options",):
+            keys += _config_diff(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            keys.append(prefix + key)
+    return keys
+
+
+# Keys a resumed run may change: how long to train, and where/how to log.
+_RESUMABLE_CHANGES = {
+    "train.epochs",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.checkpoint_minutes",
+    "train.device",
+    "model.channels_last",
+    "data.num_workers",
+    "data.root",
+}
+
+
+# what resuming needs beyond the model (checkpoint.MODEL_KEYS)
+RESUME_KEYS = (
+    "optimizer",
+    "epoch",
+    "step_in_epoch",
+    "global_step",
+    "best_val",
+    "best_epoch",
+    "history",
+    "rng",
+)
+
+
+def check_resumable(ckpt: dict[str, Any], cfg: Config) -> None:
+    """Raise a ValueError naming the fix unless training under ``cfg`` can resume ``ckpt``."""
+    missing = [k for k in RESUME_KEYS if k not in ckpt]
+    if missing:
+        raise ValueError(
+            f"checkpoints/last.pt lacks {', '.join(missing)}, so training cannot resume from "
+            "it (it can still be tested); start a new run without --resume"
+        )
+    # Keys added to the config after the checkpoint was written take their defaults, which
+    # keep the behaviour of the code that wrote it; so older runs still resume.
+    saved = from_dict(ckpt["config"]).to_dict()
+    changed = [k for k in _config_diff(saved, cfg.to_dict()) if k not in _RESUMABLE_CHANGES]
+    if changed:
+        raise ValueError(
+            "cannot resume: the config differs from the checkpoint's in "
+            f"{', '.join(changed)} (only {', '.join(sorted(_RESUMABLE_CHANGES))} may change)"
+        )

@@ -19,84 +19,28 @@ import torch.nn.functional as F
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from metasparse.checkpoint import load_checkpoint, load_model_state, save_checkpoint
+from metasparse.checkpoint import (
+    check_resumable,
+    load_checkpoint,
+    load_model_state,
+    save_checkpoint,
+)
 from metasparse.config import (
     Config,
-    TrainConfig,
     check_training,
-    from_dict,
     load_config,
     save_config,
 )
 from metasparse.data import FewShotDataset, build_dataset
 from metasparse.evaluation import evaluate
 from metasparse.model import FewShotModel, resolve_device
+from metasparse.optim import OPTIMIZERS, lr_factor, make_optimizer
 from metasparse.utils import atomic_write_json, seed_everything
-
-
-def lr_factor(schedule: list[list[float]], epoch: int) -> float:
-    """Multiplier of the base learning rate at (0-based) ``epoch`` for a step schedule."""
-    factor = 1.0
-    for start, value in sorted(schedule, key=lambda item: item[0]):
-        if epoch >= start:
-            factor = float(value)
-    return factor
 
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
-    keys = []
-    for key in sorted(set(a) | set(b)):
-        va, vb = a.get(key), b.get(key)
-        if isinstance(va, dict) and isinstance(vb, dict) and key not in ("options",):
-            keys += _config_diff(va, vb, f"{prefix}{key}.")
-        elif va != vb:
-            keys.append(prefix + key)
-    return keys
-
-
-# Keys a resumed run may change: how long to train, and where/how to log.
-_RESUMABLE_CHANGES = {
-    "train.epochs",
-    "train.log_every",
-    "train.checkpoint_every",
-    "train.checkpoint_minutes",
-    "train.device",
-    "model.channels_last",
-    "data.num_workers",
-    "data.root",
-}
-
-
-OPTIMIZERS = ("sgd", "adam")
-# what resuming needs beyond the model (checkpoint.MODEL_KEYS)
-RESUME_KEYS = (
-    "optimizer",
-    "epoch",
-    "step_in_epoch",
-    "global_step",
-    "best_val",
-    "best_epoch",
-    "history",
-    "rng",
-)
-
-
-def make_optimizer(params: Any, t: TrainConfig) -> torch.optim.Optimizer:
-    """The meta-optimizer named by ``train.optimizer`` (SGD for MetaOptNet, Adam for ProtoNets)."""
-    if t.optimizer == "sgd":
-        return torch.optim.SGD(
-            params, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay
-        )
-    if t.optimizer == "adam":
-        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
-    raise ValueError(
-        f"unknown train.optimizer {t.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"
-    )
 
 
 class Trainer:
@@ -122,14 +66,7 @@ class Trainer:
         in_channels = int(self.train_set[0][0].shape[0])
         self.in_channels = in_channels
         self.model = FewShotModel.from_config(cfg.model, in_channels).to(self.device)
-        params = list(self.model.parameters())
-        if not t.scale_weight_decay:  # the head's logit scale in a group of its own
-            scale = {id(p) for n, p in self.model.named_parameters() if n.startswith("head.scale")}
-            params = [
-                {"params": [p for p in params if id(p) not in scale]},
-                {"params": [p for p in params if id(p) in scale], "weight_decay": 0.0},
-            ]
-        self.optimizer = make_optimizer(params, t)
+        self.optimizer = make_optimizer(self.model, t)
         self.epoch = 0  # epoch in progress
         self.step_in_epoch = 0  # batches of that epoch already done
         self.global_step = 0
@@ -177,23 +114,7 @@ class Trainer:
         }
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
-        missing = [k for k in RESUME_KEYS if k not in ckpt]
-        if missing:
-            raise ValueError(
-                f"checkpoints/last.pt lacks {', '.join(missing)}, so training cannot resume from "
-                "it (it can still be tested); start a new run without --resume"
-            )
-        # Keys added to the config after the checkpoint was written take their defaults, which
-        # keep the behaviour of the code that wrote it; so older runs still resume.
-        saved = from_dict(ckpt["config"]).to_dict()
-        changed = [
-            k for k in _config_diff(saved, self.cfg.to_dict()) if k not in _RESUMABLE_CHANGES
-        ]
-        if changed:
-            raise ValueError(
-                "cannot resume: the config differs from the checkpoint's in "
-                f"{', '.join(changed)} (only {', '.join(sorted(_RESUMABLE_CHANGES))} may change)"
-            )
+        check_resumable(ckpt, self.cfg)
         load_model_state(self.model, ckpt["model"], "checkpoints/last.pt")
         try:
             self.optimizer.load_state_dict(ckpt["optimizer"])
