@@ -264,7 +264,10 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} not found; see the configs/ folder")
     if path.resolve() in seen:
-        raise ValueError(f"config {path} includes itself through 'base'")
+        raise ValueError(
+            f"config {path} includes itself through 'base'; remove the cycle from the "
+            "'base:' entries"
+        )
     loaded = yaml.safe_load(path.read_text())
     if loaded is not None and not isinstance(loaded, dict):
         raise ValueError(f"config file {path} must hold a mapping at the top level")

@@ -75,7 +75,7 @@ def test_base_inheritance_and_cycles(tmp_path):
     cfg = load_config(tmp_path / "b.yaml")
     assert (cfg.train.epochs, cfg.train.lr) == (7, 0.2)
     (tmp_path / "c.yaml").write_text("base: c.yaml\n")
-    with pytest.raises(ValueError, match="includes itself"):
+    with pytest.raises(ValueError, match="includes itself through 'base'; remove the cycle"):
         load_config(tmp_path / "c.yaml")
 
 

@@ -71,7 +71,7 @@ def test_wrong_class_count_is_reported(tmp_path):
 
 
 def test_not_a_folder(tmp_path):
-    with pytest.raises(FileNotFoundError, match="is not a folder"):
+    with pytest.raises(FileNotFoundError, match="is not a folder; pass the folder that holds"):
         check.check(tmp_path / "absent")
 
 

@@ -66,7 +66,7 @@ def test_truncated_and_missing(tmp_path):
     path.write_bytes(pickle.dumps(PLAIN, protocol=2)[:-20])
     with pytest.raises(ValueError, match=r"x\.pickle .*(truncated|corrupt)"):
         safe_pickle.load(path)
-    with pytest.raises(FileNotFoundError, match=r"nope\.pkl"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.pkl; check the dataset root, or download"):
         safe_pickle.load(tmp_path / "nope.pkl")
 
 

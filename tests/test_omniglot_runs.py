@@ -95,7 +95,7 @@ def test_write_runs_errors(tmp_path, eval_zip):
         write_runs(tmp_path / "out", tmp_path / "nowhere")
     with pytest.raises(ValueError, match="has 9 characters"):
         write_runs(tmp_path / "out", eval_zip, ways=9, alphabets=["Aa", "Bb"])
-    with pytest.raises(ValueError, match=r"\['Zz'\] are not in"):
+    with pytest.raises(ValueError, match=r"\['Zz'\] are not in .*; it holds Aa, Bb"):
         write_runs(tmp_path / "out", eval_zip, alphabets=["Zz"])
     with pytest.raises(ValueError, match="n_runs"):
         write_runs(tmp_path / "out", eval_zip, n_runs=0)
@@ -127,7 +127,7 @@ def test_read_runs_layout_errors(tmp_path, good_runs):
     with pytest.raises(ValueError, match=r"labels 3 test images but .* holds 4"):
         read_runs(good_runs)
     labels.write_text(original.splitlines()[0] + "\n" + original)
-    with pytest.raises(ValueError, match="labeled twice"):
+    with pytest.raises(ValueError, match="labeled twice; keep one line per test image"):
         read_runs(good_runs)
     labels.unlink()
     with pytest.raises(ValueError, match=r"class_labels.txt is missing"):

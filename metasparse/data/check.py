@@ -73,7 +73,9 @@ def check(root: Path, cache_dir: Path | None = None, verify: bool = True) -> lis
     """Inspect ``root``: one :class:`Report` per benchmark layout found (empty if none)."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root} is not a folder")
+        raise FileNotFoundError(
+            f"{root} is not a folder; pass the folder that holds the benchmarks' data"
+        )
     reports = []
     for benchmark, (detect, load) in _loaders(cache_dir).items():
         layout = detect(root)

@@ -106,7 +106,9 @@ def read_run(run_dir: Path, image_size: int = 28) -> OmniglotRun:
         if target not in support_index:
             raise ValueError(f"{labels_path}:{lineno}: {parts[1]} is not in {run_dir}/training")
         if item in label_of:
-            raise ValueError(f"{labels_path}:{lineno}: {parts[0]} is labeled twice")
+            raise ValueError(
+                f"{labels_path}:{lineno}: {parts[0]} is labeled twice; keep one line per test image"
+            )
         label_of[item] = support_index[target]
     unlabeled = [p.name for p in query_files if p.resolve() not in label_of]
     if unlabeled or len(label_of) != len(query_files):
@@ -199,7 +201,9 @@ def write_runs(
         wanted = alphabets if alphabets is not None else held_out_alphabets()
         missing = [a for a in wanted if a not in table]
         if missing:
-            raise ValueError(f"alphabets {missing} are not in {zip_path}")
+            raise ValueError(
+                f"alphabets {missing} are not in {zip_path}; it holds {', '.join(sorted(table))}"
+            )
         eligible = sorted(a for a in wanted if len(table[a]) >= ways)
         if not eligible:
             raise ValueError(f"no alphabet among {wanted} has {ways} characters; lower ways")

@@ -126,7 +126,10 @@ def load(path: str | os.PathLike[str]) -> Any:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"pickle file not found: {path}")
+        raise FileNotFoundError(
+            f"pickle file not found: {path}; check the dataset root, or download the dataset "
+            "again (see data/README.md for each reader's layout)"
+        )
     with open(path, "rb") as fh:
         return _unpickle(fh, str(path))
 
