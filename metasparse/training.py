@@ -35,7 +35,7 @@ from metasparse.data import FewShotDataset, build_dataset
 from metasparse.evaluation import evaluate
 from metasparse.model import FewShotModel, resolve_device
 from metasparse.optim import OPTIMIZERS, lr_factor, make_optimizer
-from metasparse.utils import atomic_write_json, seed_everything
+from metasparse.utils import all_finite, atomic_write_json, seed_everything
 
 
 def _sync(device: torch.device) -> None:
@@ -175,11 +175,13 @@ class Trainer:
     ) -> None:
         """Stop before a non-finite loss or gradient reaches the weights; save the batch, the
         head's statistics and the names of the bad gradients for debugging."""
-        bad = [
-            n
-            for n, p in self.model.named_parameters()
-            if p.grad is not None and not bool(torch.isfinite(p.grad).all())
-        ]
+        grads = [(n, p.grad) for n, p in self.model.named_parameters() if p.grad is not None]
+        # one reduction and one host sync per step; only a non-finite (or overflowed) sum
+        # looks parameter by parameter
+        sums = torch.stack([loss.detach().float(), *(g.float().sum() for _, g in grads)])
+        if all_finite(sums):
+            return
+        bad = [n for n, g in grads if not bool(torch.isfinite(g).all())]
         if bool(torch.isfinite(loss)) and not bad:
             return
         dump = self.run_dir / f"nonfinite_step{self.global_step}.pt"
