@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from metasparse.backbones import build_backbone
 from metasparse.data import build_dataset
 from metasparse.data.episodes import episode_loader
-from metasparse.utils import atomic_write_json
+from metasparse.utils import atomic_write_json, positive_int
 
 WAY, SHOT, QUERY, TASKS = 5, 15, 6, 8
 
@@ -82,32 +82,18 @@ def _machine() -> dict:
     }
 
 
-def _positive_int(text: str) -> int:
-    """Argparse type for counts below 1 would break: rates divide by --batches and
-    --resnet-episodes, and torch takes no 0 threads. Refused at parse time, not mid-run."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(
-            f"must be a positive integer, got {text!r}: give 1 or more"
-        )
-    return value
-
-
 def main() -> None:
     default_root = Path(os.environ.get("METASPARSE_SHARED_DATA", "../shared/data")) / "miniimagenet"
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--root", default=str(default_root))
     p.add_argument(
-        "--batches", type=_positive_int, default=6, help="timed batches per worker setting"
+        "--batches", type=positive_int, default=6, help="timed batches per worker setting"
     )
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument(
-        "--threads", type=_positive_int, default=1, help="torch threads for the model step"
+        "--threads", type=positive_int, default=1, help="torch threads for the model step"
     )
-    p.add_argument("--resnet-episodes", type=_positive_int, default=1)
+    p.add_argument("--resnet-episodes", type=positive_int, default=1)
     p.add_argument("--json", default=None, help="also write the raw figures (and machine) here")
     args = p.parse_args()
 

@@ -31,15 +31,7 @@ from metasparse.data import build_dataset
 from metasparse.data.episodes import episode_loader
 from metasparse.heads import build_head
 from metasparse.solvers import tuning
-from metasparse.utils import atomic_write_json
-
-
-def positive(text: str) -> int:
-    """argparse type: an integer of at least 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+from metasparse.utils import atomic_write_json, positive_int
 
 
 def time_step(model: torch.nn.Module, batch: dict[str, torch.Tensor], way: int) -> dict[str, Any]:
@@ -67,16 +59,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--root", default=None, help="dataset folder (default: the checkpoint's)")
-    p.add_argument("--ways", type=positive, nargs="+", default=[20, 60])
-    p.add_argument("--shot", type=positive, default=5)
-    p.add_argument("--query", type=positive, default=5)
-    p.add_argument("--batches", type=positive, default=4)
-    p.add_argument("--episodes-per-batch", type=positive, default=1)
-    p.add_argument("--threads", type=positive, default=1)
+    p.add_argument("--ways", type=positive_int, nargs="+", default=[20, 60])
+    p.add_argument("--shot", type=positive_int, default=5)
+    p.add_argument("--query", type=positive_int, default=5)
+    p.add_argument("--batches", type=positive_int, default=4)
+    p.add_argument("--episodes-per-batch", type=positive_int, default=1)
+    p.add_argument("--threads", type=positive_int, default=1)
     p.add_argument("--head", default=None, help="another head on the same backbone")
     p.add_argument("--head-option", action="append", default=[], help="key=value (YAML)")
     p.add_argument(
-        "--prox-size", type=positive, default=None, help="override tuning.PROX_SIZE (r·K cap)"
+        "--prox-size", type=positive_int, default=None, help="override tuning.PROX_SIZE (r·K cap)"
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None)

@@ -36,17 +36,9 @@ import torch.nn.functional as F
 from metasparse.config import load_config
 from metasparse.data.episodes import episode_loader
 from metasparse.training import Trainer
-from metasparse.utils import atomic_write_json
+from metasparse.utils import atomic_write_json, positive_int
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def positive(text: str) -> int:
-    """argparse type: an integer of at least 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def bare_step(trainer: Trainer, batch: dict[str, torch.Tensor]) -> Callable[[], None]:
@@ -97,8 +89,8 @@ def main() -> None:
     p.add_argument("--config", required=True, help="training config (its train.* episode shape)")
     p.add_argument("--root", default=None, help="dataset folder (overrides data.root)")
     p.add_argument("--set", nargs="*", default=[], help="config overrides")
-    p.add_argument("--threads", type=positive, nargs="+", default=[1])
-    p.add_argument("--rounds", type=positive, default=10)
+    p.add_argument("--threads", type=positive_int, nargs="+", default=[1])
+    p.add_argument("--rounds", type=positive_int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--channels-last", action="store_true", help="also time a channels-last bare")
     p.add_argument("--compile", action="store_true", help="also time a torch.compile'd bare")

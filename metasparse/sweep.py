@@ -26,7 +26,7 @@ from metasparse.checkpoint import load_checkpoint, model_from_checkpoint
 from metasparse.data import build_dataset
 from metasparse.evaluation import evaluate_head, feature_dataset
 from metasparse.model import build_component, resolve_device
-from metasparse.utils import atomic_write_bytes, atomic_write_json, mean_ci95
+from metasparse.utils import atomic_write_bytes, atomic_write_json, mean_ci95, positive_int
 
 SPARSE = "group_sparse_svm"
 CSV_FIELDS = (
@@ -80,8 +80,9 @@ def run_sweep(
     split: str | None = None,
     device: str = "auto",
     progress: bool = True,
-) -> list[dict[str, Any]]:
-    """One row per setting × shot (see ``CSV_FIELDS``), plus its per-episode accuracies."""
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One row per setting × shot (see ``CSV_FIELDS``, plus its per-episode accuracies), and
+    what the rows were measured on (checkpoint, dataset, split, episodes)."""
     from metasparse.heads import build_head
 
     dev = resolve_device(device)
@@ -142,7 +143,18 @@ def run_sweep(
                 if row["shot"] == shot:
                     diff, ci = mean_ci95(per_episode[row["setting"]] - per_episode["svm_cs"])
                     row["diff_vs_svm_cs"], row["diff_vs_svm_cs_ci95"] = diff, ci
-    return rows
+    meta = {
+        "checkpoint": str(checkpoint),
+        "dataset": cfg.data.name,
+        "split": split,
+        "way": way,
+        "query": query,
+        "episodes": episodes,
+        "seed": seed,
+        "episodes_per_batch": episodes_per_batch,
+        "torch": torch.__version__,
+    }
+    return rows, meta
 
 
 def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
@@ -244,7 +256,7 @@ def plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
 def run_sweep_cli(args: argparse.Namespace) -> int:
     """``metasparse sweep --checkpoint …``: run, then write results, report and plots."""
     out = Path(args.output)
-    rows = run_sweep(
+    rows, meta = run_sweep(
         args.checkpoint,
         args.ratios,
         args.way,
@@ -259,18 +271,6 @@ def run_sweep_cli(args: argparse.Namespace) -> int:
         args.device,
         not args.no_progress,
     )
-    ckpt_cfg = load_checkpoint(args.checkpoint)["config"]
-    meta = {
-        "checkpoint": str(args.checkpoint),
-        "dataset": ckpt_cfg["data"]["name"],
-        "split": args.split or ckpt_cfg["data"]["test_split"],
-        "way": args.way,
-        "query": args.query,
-        "episodes": args.episodes,
-        "seed": args.seed,
-        "episodes_per_batch": args.episodes_per_batch,
-        "torch": torch.__version__,
-    }
     atomic_write_json(out / "results.json", {"meta": meta, "rows": rows})
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
@@ -293,13 +293,6 @@ def _ratio(text: str) -> float:
     return value
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def add_parser(sub: Any) -> None:
     """Register ``sweep``."""
     p = sub.add_parser(
@@ -307,13 +300,13 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--checkpoint", required=True, help="best.pt or last.pt of a training run")
     p.add_argument("--ratios", type=_ratio, nargs="+", default=[0.0, 0.01, 0.1, 0.3, 0.5, 0.7, 0.9])
-    p.add_argument("--way", type=_positive, default=5)
-    p.add_argument("--shot", type=_positive, nargs="+", default=[1, 5])
-    p.add_argument("--query", type=_positive, default=15)
-    p.add_argument("--episodes", type=_positive, default=1000)
+    p.add_argument("--way", type=positive_int, default=5)
+    p.add_argument("--shot", type=positive_int, nargs="+", default=[1, 5])
+    p.add_argument("--query", type=positive_int, default=15)
+    p.add_argument("--episodes", type=positive_int, default=1000)
     p.add_argument(
         "--episodes-per-batch",
-        type=_positive,
+        type=positive_int,
         default=1,
         help="1 (default) gives per-episode sparsity statistics",
     )

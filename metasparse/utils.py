@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -70,6 +71,20 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
     """``torch.save`` through an fsync'd temporary file and a rename."""
     _atomic_write(path, lambda fh: torch.save(obj, fh))
+
+
+def positive_int(text: str) -> int:
+    """Argparse type for counts that must be at least 1 (episodes, batches, threads, ways):
+    refused at parse time with a message naming the fix, not mid-run."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"must be a positive integer, got {text!r}: give 1 or more"
+        )
+    return value
 
 
 def mean_ci95(values: Sequence[float] | np.ndarray) -> tuple[float, float]:

@@ -42,4 +42,6 @@ def test_loop_overhead_times_every_variant(tmp_path):
 def test_non_positive_rounds_is_an_argparse_error():
     cmd = [sys.executable, str(SCRIPT), "--config", "x.yaml", "--rounds", "0"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    assert res.returncode == 2 and "must be at least 1" in res.stderr
+    assert (
+        res.returncode == 2 and "must be a positive integer, got '0': give 1 or more" in res.stderr
+    )
