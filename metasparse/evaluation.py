@@ -73,23 +73,12 @@ def evaluate(
     model.eval()
     try:
         if precompute:
-            features = feature_dataset(model, dataset, device)
-            return evaluate_head(
-                model.head,
-                features,
-                way,
-                shot,
-                query,
-                episodes,
-                seed,
-                episodes_per_batch,
-                device,
-                progress,
-                desc,
-            )
+            dataset, num_workers = feature_dataset(model, dataset, device), 0
+            classify = _head_classifier(model.head, way)
+        else:
 
-        def classify(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
-            return model(batch["support"], batch["support_labels"], batch["query"], way)
+            def classify(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
+                return model(batch["support"], batch["support_labels"], batch["query"], way)
 
         return _run_episodes(
             classify,
@@ -107,6 +96,15 @@ def evaluate(
         )
     finally:
         model.train(was_training)
+
+
+def _head_classifier(head: torch.nn.Module, way: int) -> Any:
+    """Logits and statistics of ``head`` on a batch of feature episodes."""
+
+    def classify(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
+        return head(batch["query"], batch["support"], batch["support_labels"], way)
+
+    return classify
 
 
 def feature_dataset(
@@ -132,12 +130,8 @@ def evaluate_head(
     desc: str = "eval",
 ) -> dict[str, Any]:
     """:func:`evaluate` of one head on a :func:`feature_dataset`: same seeded episodes."""
-
-    def classify(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
-        return head(batch["query"], batch["support"], batch["support_labels"], way)
-
     return _run_episodes(
-        classify,
+        _head_classifier(head, way),
         features,
         way,
         shot,
