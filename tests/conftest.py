@@ -36,3 +36,37 @@ def _single_thread_and_seed():
     torch.manual_seed(0)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_group_sparse_checkpoint(tmp_path_factory) -> Path:
+    """best.pt of a few steps of Conv-4 (8 channels) with the group-sparse head on the built-in
+    glyphs: a real checkpoint for the tools that read one (sweep, head_share)."""
+    from metasparse.config import from_dict
+    from metasparse.training import train
+
+    out = tmp_path_factory.mktemp("tiny_group_sparse")
+    cfg = from_dict(
+        {
+            "name": "tiny",
+            "output_dir": str(out / "run"),
+            "data": {"name": "glyphs", "augment": False},
+            "model": {
+                "backbone": "conv4",
+                "backbone_options": {"hidden": 8, "out_channels": 8},
+                "head": "group_sparse_svm",
+                "head_options": {"lam_ratio": 0.1},
+            },
+            "train": {
+                "way": 5,
+                "shot": 2,
+                "query": 3,
+                "episodes_per_batch": 2,
+                "batches_per_epoch": 3,
+                "epochs": 1,
+            },
+            "val": {"way": 5, "shot": 1, "query": 2, "episodes": 2},
+        }
+    )
+    train(cfg, progress=False)
+    return cfg.run_dir / "checkpoints" / "best.pt"

@@ -8,42 +8,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-from metasparse.config import from_dict
-from metasparse.training import train
-
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "head_share.py"
 
 
-def test_head_share_reports_every_way(tmp_path):
-    cfg = from_dict(
-        {
-            "name": "tiny",
-            "output_dir": str(tmp_path / "run"),
-            "data": {"name": "glyphs", "augment": False},
-            "model": {
-                "backbone": "conv4",
-                "backbone_options": {"hidden": 8, "out_channels": 8},
-                "head": "group_sparse_svm",
-                "head_options": {"lam_ratio": 0.1},
-            },
-            "train": {
-                "way": 5,
-                "shot": 1,
-                "query": 2,
-                "episodes_per_batch": 1,
-                "batches_per_epoch": 2,
-                "epochs": 1,
-            },
-            "val": {"way": 5, "shot": 1, "query": 2, "episodes": 2},
-        }
-    )
-    train(cfg, progress=False)
+def test_head_share_reports_every_way(tmp_path, tiny_group_sparse_checkpoint):
     raw = tmp_path / "share.json"
     cmd = [
         sys.executable,
         str(SCRIPT),
         "--checkpoint",
-        str(cfg.run_dir / "checkpoints/best.pt"),
+        str(tiny_group_sparse_checkpoint),
         "--ways",
         "3",
         "6",

@@ -9,45 +9,14 @@ import json
 import pytest
 
 from metasparse.cli import main
-from metasparse.config import from_dict
-from metasparse.training import train
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sweep_run")
-    cfg = from_dict(
-        {
-            "name": "tiny",
-            "output_dir": str(out / "run"),
-            "data": {"name": "glyphs", "augment": False},
-            "model": {
-                "backbone": "conv4",
-                "backbone_options": {"hidden": 8, "out_channels": 8},
-                "head": "group_sparse_svm",
-                "head_options": {"lam_ratio": 0.1},
-            },
-            "train": {
-                "way": 5,
-                "shot": 2,
-                "query": 3,
-                "episodes_per_batch": 2,
-                "batches_per_epoch": 3,
-                "epochs": 1,
-            },
-            "val": {"way": 5, "shot": 1, "query": 2, "episodes": 2},
-        }
-    )
-    train(cfg, progress=False)
-    return cfg.run_dir / "checkpoints" / "best.pt"
-
-
-def test_sweep_writes_paired_rows_report_and_plots(checkpoint, tmp_path, capsys):
+def test_sweep_writes_paired_rows_report_and_plots(tiny_group_sparse_checkpoint, tmp_path, capsys):
     out = tmp_path / "sweep"
     argv = [
         "sweep",
         "--checkpoint",
-        str(checkpoint),
+        str(tiny_group_sparse_checkpoint),
         "--ratios",
         "0",
         "0.9",
@@ -91,10 +60,28 @@ def test_sweep_writes_paired_rows_report_and_plots(checkpoint, tmp_path, capsys)
     assert (out / "accuracy_vs_features.png").is_file()
 
 
-def test_sweep_rejects_bad_ratios_and_too_many_ways(checkpoint, tmp_path, capsys):
+def test_sweep_rejects_bad_ratios_and_too_many_ways(tiny_group_sparse_checkpoint, tmp_path, capsys):
     with pytest.raises(SystemExit):
-        main(["sweep", "--checkpoint", str(checkpoint), "--ratios", "1.5", "--output", "x"])
+        main(
+            [
+                "sweep",
+                "--checkpoint",
+                str(tiny_group_sparse_checkpoint),
+                "--ratios",
+                "1.5",
+                "--output",
+                "x",
+            ]
+        )
     assert "must lie in [0, 1]" in capsys.readouterr().err
-    argv = ["sweep", "--checkpoint", str(checkpoint), "--way", "500", "--output", str(tmp_path)]
+    argv = [
+        "sweep",
+        "--checkpoint",
+        str(tiny_group_sparse_checkpoint),
+        "--way",
+        "500",
+        "--output",
+        str(tmp_path),
+    ]
     assert main([*argv, "--no-progress"]) == 2
     assert "lower --way" in capsys.readouterr().err
