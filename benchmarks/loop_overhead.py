@@ -22,6 +22,7 @@ or the backbone compiled by ``torch.compile``. Medians over rounds, and ratios t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
 import statistics
 import tempfile
@@ -33,17 +34,21 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from metasparse.config import load_config
+from metasparse.config import Config, load_config
 from metasparse.data.episodes import episode_loader
+from metasparse.model import FewShotModel
+from metasparse.optim import make_optimizer
 from metasparse.training import Trainer
 from metasparse.utils import atomic_write_json, positive_int
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def bare_step(trainer: Trainer, batch: dict[str, torch.Tensor]) -> Callable[[], None]:
+def bare_step(
+    model: FewShotModel, cfg: Config, batch: dict[str, torch.Tensor]
+) -> Callable[[], None]:
     """One plain meta-gradient step: forward, loss, one backward, optimizer step."""
-    model, opt, way = trainer.model, trainer.optimizer, trainer.cfg.train.way
+    opt, way = make_optimizer(model, cfg.train), cfg.train.way
 
     def run() -> None:
         opt.zero_grad(set_to_none=True)
@@ -115,21 +120,24 @@ def main() -> None:
 
         variants: dict[str, Callable[[], None]] = {
             "loop": lambda: trainer.step(batch),
-            "bare": bare_step(trainer, batch),
+            "bare": bare_step(trainer.model, cfg, batch),
             "backbone": backbone_step(trainer, batch),
             "data": draw,
         }
+
+        def variant(**changes: Any) -> FewShotModel:
+            """A model like the trainer's (same weights), with other model options."""
+            model_cfg = dataclasses.replace(cfg.model, **changes)
+            model = FewShotModel.from_config(model_cfg, trainer.in_channels)
+            model.load_state_dict(trainer.model.state_dict())
+            return model
+
         if args.channels_last:
-            cl_cfg = load_config(
-                args.config,
-                [*overrides, *args.set, f"output_dir={tmp}/cl", "model.channels_last=true"],
-            )
-            cl_trainer = Trainer(cl_cfg, progress=False)
-            variants["bare_channels_last"] = bare_step(cl_trainer, batch)
+            variants["bare_channels_last"] = bare_step(variant(channels_last=True), cfg, batch)
         if args.compile:
-            c_trainer = Trainer(cfg, progress=False)
-            c_trainer.model.backbone = torch.compile(c_trainer.model.backbone)
-            variants["bare_compiled"] = bare_step(c_trainer, batch)
+            compiled = variant()
+            compiled.backbone = torch.compile(compiled.backbone)
+            variants["bare_compiled"] = bare_step(compiled, cfg, batch)
 
         rows = []
         for threads in args.threads:
