@@ -80,7 +80,7 @@ def evaluate(
             def classify(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
                 return model(batch["support"], batch["support_labels"], batch["query"], way)
 
-        return _run_episodes(
+        return run_episodes(
             classify,
             dataset,
             way,
@@ -130,7 +130,7 @@ def evaluate_head(
     desc: str = "eval",
 ) -> dict[str, Any]:
     """:func:`evaluate` of one head on a :func:`feature_dataset`: same seeded episodes."""
-    return _run_episodes(
+    return run_episodes(
         _head_classifier(head, way),
         features,
         way,
@@ -146,7 +146,7 @@ def evaluate_head(
     )
 
 
-def _run_episodes(
+def run_episodes(
     classify: Any,
     dataset: FewShotDataset,
     way: int,

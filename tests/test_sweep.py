@@ -6,9 +6,13 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
+import torch
+import yaml
 
 from metasparse.cli import main
+from metasparse.sweep.report import PLOTS
 
 
 def test_sweep_writes_paired_rows_report_and_plots(tiny_group_sparse_checkpoint, tmp_path, capsys):
@@ -51,13 +55,18 @@ def test_sweep_writes_paired_rows_report_and_plots(tiny_group_sparse_checkpoint,
         assert gs["diff_vs_svm_cs"] == pytest.approx(sum(diffs) / len(diffs))
         # λ1 near λ_max leaves features out; at 0 the head uses (nearly) all of them
         assert gs["features_used_mean"] < by["group_sparse_svm@0"]["features_used_mean"]
-        assert gs["converged"] == 1.0 and by["proto"]["features_used_mean"] is None
+        assert gs["converged"] == 1.0 and by["proto"].get("features_used_mean") is None
     with (out / "results.csv").open(encoding="utf-8") as fh:
         assert len(list(csv.DictReader(fh))) == len(rows)
     report = (out / "report.md").read_text(encoding="utf-8")
     assert "## 5-way 1-shot" in report and "**(best)**" in report
-    assert (out / "accuracy_vs_ratio.png").read_bytes()[:4] == b"\x89PNG"
-    assert (out / "accuracy_vs_features.png").is_file()
+    for name in (*PLOTS, "support_5w1s.png", "support_5w3s.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG", name
+    arrays = np.load(out / "arrays.npz")
+    # per-feature arrays for every head solved by the certified solver (SVM-CS's too)
+    sparse = [i for i, r in enumerate(rows) if r["head"] in ("group_sparse_svm", "svm_cs")]
+    assert sorted(arrays.files) == sorted(f"{k}_{i}" for i in sparse for k in ("usage", "first"))
+    assert list((out / "tb").iterdir()), "TensorBoard hparams were not written"
 
 
 def test_sweep_rejects_bad_ratios_and_too_many_ways(tiny_group_sparse_checkpoint, tmp_path, capsys):
@@ -85,3 +94,127 @@ def test_sweep_rejects_bad_ratios_and_too_many_ways(tiny_group_sparse_checkpoint
     ]
     assert main([*argv, "--no-progress"]) == 2
     assert "lower --way" in capsys.readouterr().err
+
+
+class _Recorder(torch.nn.Module):
+    """A head that records the episodes it is given and predicts class 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, query, support, support_labels, n_way):
+        self.seen.append(torch.cat([support.flatten(), query.flatten()]))
+        return torch.zeros(*query.shape[:2], n_way), {}
+
+
+def test_every_setting_of_a_sweep_sees_the_same_episodes(tiny_group_sparse_checkpoint):
+    from metasparse.checkpoint import load_checkpoint, model_from_checkpoint
+    from metasparse.sweep import measure_heads
+
+    model, cfg = model_from_checkpoint(load_checkpoint(tiny_group_sparse_checkpoint))
+    a, b = _Recorder(), _Recorder()
+    measured, _ = measure_heads(
+        model, cfg, [("a", "a", a), ("b", "b", b)], [5], [1], 2, 6, 3, torch.device("cpu")
+    )
+    assert len(a.seen) == len(b.seen) == 6
+    assert all(torch.equal(x, y) for x, y in zip(a.seen, b.seen, strict=True))
+    assert len({float(x.sum()) for x in a.seen}) > 1  # and the episodes differ from each other
+    assert [m.row["episodes"] for m in measured] == [6, 6]
+
+
+def _tiny_base_config(path):
+    path.write_text(
+        """
+name: tiny_sweep
+data: {name: glyphs, augment: false}
+model:
+  backbone: conv4
+  backbone_options: {hidden: 8, out_channels: 8}
+  head: group_sparse_svm
+  head_options: {lam_ratio: 0.1}
+train: {way: 5, shot: 2, query: 2, episodes_per_batch: 2, batches_per_epoch: 2, epochs: 2}
+val: {way: 5, shot: 1, query: 2, episodes: 2}
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_config_sweep_trains_each_setting_and_resumes_without_redoing(tmp_path, monkeypatch):
+    import metasparse.sweep.runs as runs
+    from metasparse.training import Trainer
+
+    base = _tiny_base_config(tmp_path / "base.yaml")
+    out = tmp_path / "sweep"
+    argv = [
+        "sweep", "--config", str(base), "--ratios", "0", "0.5", "--baselines", "svm_cs",
+        "--shot", "1", "--query", "2", "--episodes", "4", "--output", str(out), "--no-progress",
+    ]  # fmt: skip
+    fits: list[str] = []
+    real_fit = Trainer.fit
+
+    def counting_fit(self, max_steps=None):
+        fits.append(self.run_dir.name)
+        return real_fit(self, max_steps)
+
+    monkeypatch.setattr(Trainer, "fit", counting_fit)
+    # an interruption during the second setting: the first is done, the second half-trained
+    real_train = runs.train_run
+
+    def interrupted(cfg, progress):
+        if cfg.run_dir.name.startswith("group_sparse_svm@0.5"):
+            Trainer(cfg, progress=False).fit(max_steps=1)
+            raise KeyboardInterrupt
+        return real_train(cfg, progress)
+
+    monkeypatch.setattr(runs, "train_run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main(argv)
+    assert fits == ["group_sparse_svm@0-seed0", "group_sparse_svm@0.5-seed0"]
+    assert (out / "runs/group_sparse_svm@0-seed0/sweep_test.json").is_file()
+    monkeypatch.setattr(runs, "train_run", real_train)
+    fits.clear()
+    tested: list[str] = []
+    real_measure = runs.measure_heads
+
+    def counting_measure(model, cfg, heads, *args, **kwargs):
+        tested.extend(label for label, _, _ in heads)
+        return real_measure(model, cfg, heads, *args, **kwargs)
+
+    monkeypatch.setattr(runs, "measure_heads", counting_measure)
+    assert main(argv) == 0
+    # the finished setting is neither trained nor tested again; the unfinished one resumes
+    assert fits == ["group_sparse_svm@0.5-seed0", "svm_cs-seed0"]
+    assert tested == ["group_sparse_svm@0.5", "svm_cs"]
+    last = torch.load(
+        out / "runs/group_sparse_svm@0.5-seed0/checkpoints/last.pt", weights_only=False
+    )
+    assert last["global_step"] == 4 and last["epoch"] == 2
+    rows = json.loads((out / "results.json").read_text(encoding="utf-8"))["rows"]
+    assert [(r["setting"], r["seed"]) for r in rows] == [
+        ("group_sparse_svm@0", 0),
+        ("group_sparse_svm@0.5", 0),
+        ("svm_cs", 0),
+    ]
+    cfg = yaml.safe_load((out / "runs/svm_cs-seed0/config.yaml").read_text(encoding="utf-8"))
+    assert cfg["model"]["head"] == "svm_cs" and cfg["model"]["head_options"] == {}
+    cfg = yaml.safe_load(
+        (out / "runs/group_sparse_svm@0.5-seed0/config.yaml").read_text(encoding="utf-8")
+    )
+    assert cfg["model"]["head_options"] == {"lam_ratio": 0.5}
+    assert all(r["diff_vs_svm_cs"] is not None for r in rows)
+    # a third run redoes nothing at all
+    fits.clear()
+    tested.clear()
+    assert main(argv) == 0
+    assert fits == [] and tested == []
+
+
+def test_config_sweep_refuses_checkpoint_only_and_unknown_keys(tmp_path, capsys):
+    base = _tiny_base_config(tmp_path / "base.yaml")
+    argv = ["sweep", "--config", str(base), "--output", str(tmp_path / "o"), "train.nope=1"]
+    assert main(argv) == 2
+    assert "nope" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["sweep", "--output", "x"])  # neither --checkpoint nor --config

@@ -36,7 +36,7 @@ from torch import Tensor
 
 from metasparse.heads.base import Head, HeadStats
 from metasparse.solvers.svm.fista import GroupSparseSVMSolver
-from metasparse.solvers.svm.solve import solve_group_sparse_svm
+from metasparse.solvers.svm.solve import GroupSparseSVMResult, solve_group_sparse_svm
 
 # MetaOptNet's SVM-CS head (and ours, heads/svm_cs.py): C = 0.1 with the "+I" jitter 1, which is
 # this problem at λ1 = 0 with λ2 = 1/C and τ = jitter·C (see docs/method.md)
@@ -97,23 +97,29 @@ class GroupSparseSVMHead(Head):
         self.backward = backward
         self.lam1_grad = lam1_grad
 
+    def solve(
+        self, support: Tensor, support_labels: Tensor, n_way: int, **overrides: object
+    ) -> GroupSparseSVMResult:
+        """The head's problem on one batch of support sets (``overrides``: solver keywords,
+        e.g. a tighter ``tol`` for analysis, or an absolute ``lam1`` with ``lam_ratio=None``)."""
+        kwargs: dict[str, object] = {
+            "lam_ratio": self.lam_ratio,
+            "lam2": self.lam2,
+            "tau": self.tau,
+            "tol": self.tol,
+            "max_iter": self.max_iter,
+            "backward": self.backward,
+            "lam1_grad": self.lam1_grad,
+            "check_finite": False,  # Head.forward's check_episode has scanned support
+        }
+        kwargs.update(overrides)
+        return solve_group_sparse_svm(support, support_labels, n_way, **kwargs)  # type: ignore[arg-type]
+
     def fit_predict(
         self, query: Tensor, support: Tensor, support_labels: Tensor, n_way: int
     ) -> tuple[Tensor, HeadStats]:
         """Unscaled logits ``query @ Wᵀ`` (tasks, n_query, n_way) and solver statistics."""
-        res = solve_group_sparse_svm(
-            support,
-            support_labels,
-            n_way,
-            lam_ratio=self.lam_ratio,
-            lam2=self.lam2,
-            tau=self.tau,
-            tol=self.tol,
-            max_iter=self.max_iter,
-            backward=self.backward,
-            lam1_grad=self.lam1_grad,
-            check_finite=False,  # Head.forward's check_episode has scanned support
-        )
+        res = self.solve(support, support_labels, n_way)
         W = res.weights.to(query.dtype)
         logits = query @ W.transpose(1, 2)
         with torch.no_grad():

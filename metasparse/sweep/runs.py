@@ -1,0 +1,188 @@
+"""``metasparse sweep --config``: one meta-training per λ1/λ_max (and seed), then the test.
+
+Each setting trains from the same base config in its own folder ``OUTPUT/runs/<setting>-seed<s>``
+(its checkpoints and TensorBoard log). A finished run is never trained again, an unfinished one
+resumes from its ``last.pt``, and a run's test results are kept beside it (``sweep_test.json``,
+``sweep_arrays.npz``), so an interrupted sweep restarted with the same arguments redoes nothing
+it had finished.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from metasparse.checkpoint import load_checkpoint, model_from_checkpoint
+from metasparse.config import Config, load_config
+from metasparse.model import resolve_device
+from metasparse.sweep.backbone import measure_heads
+from metasparse.sweep.measure import Measured, certified_svm_cs, settings
+from metasparse.utils import atomic_write_bytes, atomic_write_json
+
+
+@dataclass(frozen=True)
+class TestProtocol:
+    """What a run is tested on; a cached test is reused only for the same protocol."""
+
+    ways: tuple[int, ...]
+    shots: tuple[int, ...]
+    query: int
+    episodes: int
+    seed: int
+    split: str | None
+    svm_cs_solver: str
+
+
+def run_config(
+    base: str | Path, overrides: list[str], name: str, options: dict[str, Any], seed: int, out: Path
+) -> Config:
+    """The config of one setting: the base config with this head, its options and seed."""
+    cfg = load_config(base, overrides)
+    keep = dict(cfg.model.head_options) if cfg.model.head == name else {}
+    cfg.model.head = name
+    cfg.model.head_options = {**keep, **options}
+    cfg.train.seed = seed
+    cfg.name = out.name
+    cfg.output_dir = str(out)
+    return cfg
+
+
+def train_run(cfg: Config, progress: bool) -> dict[str, Any]:
+    """Train ``cfg`` to its end: skipped when finished, resumed when interrupted."""
+    from metasparse.training import Trainer
+
+    last = cfg.run_dir / "checkpoints" / "last.pt"
+    if last.is_file():
+        ckpt = load_checkpoint(last)
+        if ckpt["epoch"] >= cfg.train.epochs:
+            return {"trained": False, "history": ckpt["history"]}
+    trainer = Trainer(cfg, resume=last.is_file(), progress=progress)
+    summary = trainer.fit()
+    return {"trained": True, "history": summary["history"]}
+
+
+def _cached(run_dir: Path, protocol: TestProtocol) -> list[Measured] | None:
+    path = run_dir / "sweep_test.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if data.get("protocol") != json.loads(json.dumps(asdict(protocol))):
+        return None
+    arrays = np.load(run_dir / "sweep_arrays.npz")
+    out = []
+    for i, row in enumerate(data["rows"]):
+        usage = arrays.get(f"usage_{i}")
+        first = arrays.get(f"first_{i}")
+        out.append(Measured(row, usage, first))
+    return out
+
+
+def _store(run_dir: Path, protocol: TestProtocol, measured: list[Measured]) -> None:
+    arrays = {}
+    for i, m in enumerate(measured):
+        if m.usage is not None:
+            arrays[f"usage_{i}"], arrays[f"first_{i}"] = m.usage, m.first
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write_bytes(run_dir / "sweep_arrays.npz", buf.getvalue())
+    # the JSON last: it marks the test as done only once the arrays are on disk
+    atomic_write_json(
+        run_dir / "sweep_test.json",
+        {"protocol": asdict(protocol), "rows": [m.row for m in measured]},
+    )
+
+
+def run_config_sweep(
+    config: str | Path,
+    overrides: list[str],
+    ratios: list[float],
+    output: str | Path,
+    seeds: int = 1,
+    baselines: tuple[str, ...] = ("svm_cs", "proto"),
+    ways: list[int] | None = None,
+    shots: list[int] | None = None,
+    query: int = 15,
+    episodes: int = 1000,
+    episode_seed: int = 0,
+    data_root: str | None = None,
+    split: str | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    svm_cs_solver: str = "certified",
+) -> tuple[list[Measured], dict[str, Any]]:
+    """Train every setting × seed (resuming), test each run's own head on the same episodes."""
+    out = Path(output)
+    ways, shots = ways or [5], shots or [1, 5]
+    protocol = TestProtocol(
+        tuple(ways), tuple(shots), query, episodes, episode_seed, split, svm_cs_solver
+    )
+    base = load_config(config, overrides)  # unknown keys fail here, before any training
+    if data_root is not None:
+        overrides = [*overrides, f"data.root={data_root}"]
+    plan = [
+        (label, name, options, base.train.seed + s)
+        for s in range(seeds)
+        for label, name, options in settings(ratios, list(baselines))
+    ]
+    measured: list[Measured] = []
+    meta: dict[str, Any] = {}
+    dev = resolve_device(device)
+    for i, (label, name, options, seed) in enumerate(plan):
+        run_dir = out / "runs" / f"{label}-seed{seed}"
+        cfg = run_config(config, overrides, name, options, seed, run_dir)
+        if progress:
+            tqdm.write(f"[{i + 1}/{len(plan)}] {label}, training seed {seed}: {run_dir}")
+        done = train_run(cfg, progress)
+        rows = _cached(run_dir, protocol)
+        ckpt = load_checkpoint(run_dir / "checkpoints" / "best.pt", map_location=dev)
+        if rows is None:
+            model, run_cfg = model_from_checkpoint(ckpt, dev)
+            head = model.head
+            if name == "svm_cs" and svm_cs_solver == "certified":
+                head = certified_svm_cs(head)  # its own C, jitter and learned scale
+            rows, meta = measure_heads(
+                model,
+                run_cfg,
+                [(label, name, head)],
+                ways,
+                shots,
+                query,
+                episodes,
+                episode_seed,
+                dev,
+                split=split,
+                progress=progress,
+            )
+            for m in rows:
+                m.row["seed"] = seed
+                m.row["run_dir"] = str(run_dir)
+                m.row["best_val"] = ckpt["best_val"]
+                m.row["train_seconds"] = _train_seconds(done["history"])
+            _store(run_dir, protocol, rows)
+        measured += rows
+    meta.update(
+        config=str(config),
+        overrides=overrides,
+        seeds=seeds,
+        dataset=base.data.name,
+        split=split or base.data.test_split,
+        ways=ways,
+        shots=shots,
+        query=query,
+        episodes=episodes,
+        episode_seed=episode_seed,
+        svm_cs_solver=svm_cs_solver,
+        train_steps=base.train.epochs * base.train.batches_per_epoch,
+    )
+    return measured, meta
+
+
+def _train_seconds(history: list[dict[str, Any]]) -> float | None:
+    """Training and validation seconds of the run, summed over its resumes."""
+    return float(history[-1]["elapsed_seconds"]) if history else None
