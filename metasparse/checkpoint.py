@@ -1,7 +1,15 @@
-"""Checkpoints: plain tensors and Python values only, written atomically, read with weights_only."""
+"""Checkpoints: plain tensors and Python values only, written atomically, read with weights_only.
+
+A checkpoint file wraps the serialized state with its SHA-256 (format v2), so a file damaged on
+disk is detected on load rather than read as wrong weights. ``keep_previous`` keeps the file it
+replaces as ``previous.pt``, which ``metasparse train --resume previous`` continues from.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import io
+import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -13,12 +21,41 @@ from metasparse.config import Config, from_dict
 from metasparse.model import FewShotModel
 from metasparse.utils import atomic_torch_save
 
-FORMAT = "metasparse-checkpoint-v1"
+FORMAT = "metasparse-checkpoint-v1"  # the state dict's tag (v1 files are the bare state)
+WRAPPED = "metasparse-checkpoint-v2"  # {format, sha256, payload: the v1 state's bytes}
+PREVIOUS = "previous.pt"
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Write a checkpoint dict atomically (a kill mid-write leaves the previous file intact)."""
-    atomic_torch_save({"format": FORMAT, **state}, path)
+def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool = False) -> None:
+    """Write a checkpoint atomically with its checksum (a kill mid-write leaves the previous
+    file intact); with ``keep_previous`` the file replaced is kept as ``previous.pt`` beside."""
+    buf = io.BytesIO()
+    torch.save({"format": FORMAT, **state}, buf)
+    data = buf.getvalue()
+    wrapped = {
+        "format": WRAPPED,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "payload": torch.frombuffer(bytearray(data), dtype=torch.uint8),
+    }
+    path = Path(path)
+    if keep_previous and path.is_file():
+        os.replace(path, path.with_name(PREVIOUS))
+    atomic_torch_save(wrapped, path)
+
+
+def _unwrap(p: Path, outer: Any, map_location: str | torch.device) -> Any:
+    """The state inside a v2 file, after checking its checksum."""
+    data = outer["payload"].numpy().tobytes()
+    if hashlib.sha256(data).hexdigest() != outer.get("sha256"):
+        previous = p.with_name(PREVIOUS)
+        hint = (
+            f"; {previous} holds the one before it: resume with metasparse train --resume "
+            "previous, or test that file"
+            if previous.is_file() and p.name != PREVIOUS
+            else "; restore it from a copy, or retrain"
+        )
+        raise ValueError(f"checkpoint {p} is corrupt (its SHA-256 checksum does not match){hint}")
+    return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -29,7 +66,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"checkpoint {p} not found; training writes <run_dir>/checkpoints/best.pt and last.pt"
         )
     try:
-        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+        if isinstance(ckpt, dict) and ckpt.get("format") == WRAPPED:
+            ckpt = _unwrap(p, ckpt, map_location)
+        elif torch.device(map_location).type != "cpu":  # a v1 file: read it where asked
+            ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
         reason = (str(exc).splitlines() or [""])[0][:200]
         if "weights_only" in str(exc):  # torch's advice to unpickle anything: not for us

@@ -20,6 +20,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from metasparse.checkpoint import (
+    PREVIOUS,
     check_resumable,
     load_checkpoint,
     load_model_state,
@@ -46,7 +47,9 @@ def _sync(device: torch.device) -> None:
 class Trainer:
     """Owns the model, optimizer, data and output folder of one meta-training run."""
 
-    def __init__(self, cfg: Config, resume: bool = False, progress: bool = True) -> None:
+    def __init__(self, cfg: Config, resume: bool | str = False, progress: bool = True) -> None:
+        """``resume``: ``True`` or ``"last"`` continues from ``checkpoints/last.pt``,
+        ``"previous"`` from the one before it (``previous.pt``, when last.pt is damaged)."""
         self.cfg = cfg
         self.progress = progress
         self.run_dir = cfg.run_dir
@@ -75,14 +78,20 @@ class Trainer:
         self.elapsed = 0.0  # seconds of training steps and validation, summed over resumes
         self.history: list[dict[str, Any]] = []
         last = self.ckpt_dir / "last.pt"
+        if resume not in (False, True, "last", "previous"):
+            raise ValueError(f"resume must be 'last' or 'previous', got {resume!r}")
         if resume:
-            if not last.is_file():
-                raise FileNotFoundError(
-                    f"--resume given but {last} does not exist; start the run without --resume"
+            source = self.ckpt_dir / (PREVIOUS if resume == "previous" else "last.pt")
+            if not source.is_file():
+                hint = (
+                    f"; {self.ckpt_dir / PREVIOUS} exists: pass --resume previous"
+                    if resume != "previous" and (self.ckpt_dir / PREVIOUS).is_file()
+                    else "; start the run without --resume"
                 )
+                raise FileNotFoundError(f"--resume given but {source} does not exist{hint}")
             for stale in self.ckpt_dir.glob(".*.pt.*.tmp"):  # half-written by a killed run
                 stale.unlink(missing_ok=True)
-            self._restore(load_checkpoint(last, map_location=self.device))
+            self._restore(load_checkpoint(source, map_location=self.device))
         elif last.is_file():
             raise ValueError(
                 f"{self.run_dir} already holds a run (checkpoints/last.pt); pass --resume to "
@@ -134,7 +143,7 @@ class Trainer:
 
     def save(self, name: str) -> None:
         """Atomically write ``checkpoints/<name>.pt``."""
-        save_checkpoint(self._state(), self.ckpt_dir / f"{name}.pt")
+        save_checkpoint(self._state(), self.ckpt_dir / f"{name}.pt", keep_previous=name == "last")
 
     # ----------------------------------------------------------------- one step
     def step(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, float], dict[str, float]]:
@@ -363,7 +372,10 @@ class Trainer:
 
 
 def train(
-    cfg: Config, resume: bool = False, progress: bool = True, max_steps: int | None = None
+    cfg: Config,
+    resume: bool | str = False,
+    progress: bool = True,
+    max_steps: int | None = None,
 ) -> dict[str, Any]:
     """Meta-train according to ``cfg``; returns the run summary."""
     return Trainer(cfg, resume=resume, progress=progress).fit(max_steps=max_steps)
@@ -397,8 +409,12 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--resume",
-        action="store_true",
-        help="continue the run in output_dir from checkpoints/last.pt",
+        nargs="?",
+        const="last",
+        default=False,
+        choices=("last", "previous"),
+        help="continue the run in output_dir from checkpoints/last.pt (or, with 'previous', "
+        "from previous.pt: the checkpoint before it, kept in case last.pt is damaged)",
     )
     p.add_argument(
         "--max-steps",

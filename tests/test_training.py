@@ -298,3 +298,45 @@ def test_a_checkpoint_holding_objects_is_refused_without_unsafe_advice(tmp_path)
     with pytest.raises(ValueError, match="holds objects other than tensors") as info:
         load_checkpoint(path)
     assert "weights_only=False" not in str(info.value)
+
+
+def _flip_a_payload_byte(path):
+    """Damage a checkpoint on disk the way a bad sector would: one byte of the weights."""
+    outer = torch.load(path, weights_only=True)
+    payload = outer["payload"].clone()
+    payload[len(payload) // 2] ^= 0xFF
+    torch.save({**outer, "payload": payload}, path)
+
+
+def test_a_damaged_checkpoint_is_detected_and_the_previous_one_resumes(tmp_path):
+    cfg = tiny_config(tmp_path, "damaged", checkpoint_every=2)
+    Trainer(cfg, progress=False).fit(max_steps=5)  # last.pt at step 5, previous.pt at step 4
+    ckpt_dir = cfg.run_dir / "checkpoints"
+    assert load_checkpoint(ckpt_dir / "previous.pt")["global_step"] == 4
+    _flip_a_payload_byte(ckpt_dir / "last.pt")
+    with pytest.raises(ValueError, match=r"corrupt \(its SHA-256 .*--resume previous"):
+        Trainer(cfg, resume=True, progress=False)
+    resumed = Trainer(cfg, resume="previous", progress=False)
+    assert resumed.global_step == 4
+    resumed.fit()
+    # the run continued from step 4 ends where an uninterrupted run ends
+    whole = tiny_config(tmp_path, "whole", checkpoint_every=2)
+    Trainer(whole, progress=False).fit()
+    a = load_checkpoint(ckpt_dir / "last.pt")["model"]
+    b = load_checkpoint(whole.run_dir / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_names_previous_when_last_is_missing(tmp_path, capsys):
+    cfg = tiny_config(tmp_path, "lost", checkpoint_every=2)
+    Trainer(cfg, progress=False).fit(max_steps=3)
+    (cfg.run_dir / "checkpoints" / "last.pt").unlink()  # a kill between the two renames
+    with pytest.raises(FileNotFoundError, match=r"previous\.pt exists: pass --resume previous"):
+        Trainer(cfg, resume=True, progress=False)
+    assert Trainer(cfg, resume="previous", progress=False).global_step == 2
+
+
+def test_checkpoints_of_the_first_format_still_load(tmp_path):
+    state = {"format": "metasparse-checkpoint-v1", "config": {}, "in_channels": 1, "model": {}}
+    torch.save(state, tmp_path / "v1.pt")
+    assert load_checkpoint(tmp_path / "v1.pt")["in_channels"] == 1
