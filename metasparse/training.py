@@ -36,7 +36,7 @@ from metasparse.data import FewShotDataset, build_dataset
 from metasparse.evaluation import evaluate
 from metasparse.model import FewShotModel, resolve_device
 from metasparse.optim import OPTIMIZERS, lr_factor, make_optimizer
-from metasparse.utils import all_finite, atomic_write_json, seed_everything
+from metasparse.utils import all_finite, atomic_torch_save, atomic_write_json, seed_everything
 
 
 def _sync(device: torch.device) -> None:
@@ -194,7 +194,7 @@ class Trainer:
         if bool(torch.isfinite(loss)) and not bad:
             return
         dump = self.run_dir / f"nonfinite_step{self.global_step}.pt"
-        save_checkpoint(
+        atomic_torch_save(  # a plain torch file: torch.load(path, weights_only=True) reads it
             {
                 "batch": {k: v.detach().cpu() for k, v in batch.items()},
                 "loss": loss.detach().cpu(),

@@ -157,6 +157,10 @@ def test_split_counts_and_disjointness(shared_data, names_only, scheme, backgrou
         root, "train", False, split_scheme=scheme, background=background, rotations=False
     )
     assert plain.num_classes == classes["train"] // 4
+    # trainval: train and val characters together, rotated as train
+    both = omniglot.build(root, "trainval", False, split_scheme=scheme, background=background)
+    assert both.num_classes == classes["train"] + 4 * classes["val"]
+    assert {n.rsplit("/rot", 1)[0] for n in both.class_names} == chars["train"] | chars["val"]
 
 
 @pytest.mark.realdata
@@ -188,3 +192,10 @@ def test_real_vinyals_full_build(shared_data):
     root = shared_data / "omniglot"
     sizes = {s: omniglot.build(root, s, False).num_classes for s in ("train", "val", "test")}
     assert sizes == {"train": 4112, "val": 172, "test": 423}
+
+
+def test_trainval_is_refused_where_a_dataset_has_none():
+    from metasparse.data import build_dataset
+
+    with pytest.raises(ValueError, match="split 'trainval' exists for omniglot only"):
+        build_dataset("miniimagenet", "trainval", root="anywhere")

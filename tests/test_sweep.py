@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from metasparse.checkpoint import load_checkpoint
 from metasparse.cli import main
 from metasparse.sweep.report import PLOTS
 
@@ -187,9 +188,7 @@ def test_config_sweep_trains_each_setting_and_resumes_without_redoing(tmp_path, 
     # the finished setting is neither trained nor tested again; the unfinished one resumes
     assert fits == ["group_sparse_svm@0.5-seed0", "svm_cs-seed0"]
     assert tested == ["group_sparse_svm@0.5", "svm_cs"]
-    last = torch.load(
-        out / "runs/group_sparse_svm@0.5-seed0/checkpoints/last.pt", weights_only=False
-    )
+    last = load_checkpoint(out / "runs/group_sparse_svm@0.5-seed0/checkpoints/last.pt")
     assert last["global_step"] == 4 and last["epoch"] == 2
     rows = json.loads((out / "results.json").read_text(encoding="utf-8"))["rows"]
     assert [(r["setting"], r["seed"]) for r in rows] == [

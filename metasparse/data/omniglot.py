@@ -16,7 +16,8 @@ Split schemes (package data ``metasparse/data/splits/omniglot.json``):
   with val); val = those 5 alphabets (read from ``images_background.zip``); test = the evaluation
   set (20 alphabets, 659 characters).
 
-Each character has 20 drawings. With ``rotations`` the train split gets every character rotated
+``trainval`` is train and val together (ProtoNets' final training set). Each character has 20
+drawings. With ``rotations`` the train (and trainval) split gets every character rotated
 by 0/90/180/270° as 4 classes (×4 classes); ``rotate_eval`` does the same for val and test.
 """
 
@@ -37,7 +38,7 @@ from PIL import Image
 from metasparse.data.base import ArrayDataset
 from metasparse.data.cache import cached_arrays, file_fingerprint
 
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test", "trainval")
 SCHEMES = ("vinyals", "lake")
 BACKGROUNDS = ("full", "small1", "small2")
 ZIP_FILES = {
@@ -158,6 +159,11 @@ def _split_members(
     root: Path | None, split: str, scheme: str, background: str, image_size: int
 ) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(class name, images of that character) for every character of the split."""
+    if split == "trainval":  # the final training set of ProtoNets: train and val characters
+        return [
+            *_split_members(root, "train", scheme, background, image_size),
+            *_split_members(root, "val", scheme, background, image_size),
+        ]
     members: list[tuple[str, np.ndarray, np.ndarray]] = []
 
     def add(which: str, keep_fn: Any) -> None:
@@ -223,7 +229,8 @@ def build(
     Args:
         root: folder holding ``images_background.zip`` and ``images_evaluation.zip`` (and the
             ``images_background_small{1,2}.zip`` for ``background="small1"/"small2"``).
-        split: ``train``, ``val`` or ``test``.
+        split: ``train``, ``val``, ``test`` or ``trainval`` (train and val together, rotated
+            as train: the set ProtoNets trains its final models on).
         augment: random shifts at load time.
         split_scheme: ``vinyals`` or ``lake`` (see the module docstring).
         background: ``full``, ``small1`` or ``small2``: the train set of the ``lake`` scheme.
@@ -245,7 +252,7 @@ def build(
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
         raise ValueError(f"image_size must be an integer >= 8, got {image_size!r}")
     members = _split_members(root, split, split_scheme, background, image_size)
-    rotate = rotations if split == "train" else rotate_eval
+    rotate = rotations if split in ("train", "trainval") else rotate_eval
     quarter_turns = (0, 1, 2, 3) if rotate else (0,)
     blocks: list[np.ndarray] = []
     labels: list[np.ndarray] = []

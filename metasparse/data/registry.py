@@ -20,7 +20,8 @@ _BUILDERS: dict[str, str] = {
     "fc100": "metasparse.data.cifar:build_fc100",
 }
 
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test", "trainval")
+TRAINVAL = ("omniglot",)  # the datasets with a trainval split (train and val classes together)
 
 
 def available_datasets() -> list[str]:
@@ -53,6 +54,11 @@ def build_dataset(
         )
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    if split == "trainval" and name not in TRAINVAL:
+        raise ValueError(
+            f"split 'trainval' exists for {', '.join(TRAINVAL)} only, not {name!r}; choose one "
+            "of train, val, test"
+        )
     module_name, func_name = _BUILDERS[name].split(":")
     builder = getattr(importlib.import_module(module_name), func_name)
     dataset = builder(resolve_root(root), split, augment, **options)

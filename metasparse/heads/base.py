@@ -53,6 +53,9 @@ def check_episode(query: Tensor, support: Tensor, support_labels: Tensor, n_way:
             )
 
 
+LOW_PRECISION = (torch.float16, torch.bfloat16)  # cast to float32 at the head's edge
+
+
 class Head(nn.Module):
     """Base class: fit a classifier on the support set, score the queries.
 
@@ -88,6 +91,12 @@ class Head(nn.Module):
     def forward(
         self, query: Tensor, support: Tensor, support_labels: Tensor, n_way: int
     ) -> tuple[Tensor, HeadStats]:
+        """Scaled logits and statistics. float16/bfloat16 features (a backbone under autocast)
+        are cast to float32, and the head runs with autocast off: a certified gap of 1e-5 is
+        far below half precision's resolution. The logits come back in float32."""
         check_episode(query, support, support_labels, n_way)
-        logits, stats = self.fit_predict(query, support, support_labels.long(), n_way)
-        return logits * self.logit_scale(), stats
+        if query.dtype in LOW_PRECISION or support.dtype in LOW_PRECISION:
+            query, support = query.float(), support.float()
+        with torch.autocast(support.device.type, enabled=False):
+            logits, stats = self.fit_predict(query, support, support_labels.long(), n_way)
+            return logits * self.logit_scale(), stats

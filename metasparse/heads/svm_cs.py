@@ -18,6 +18,8 @@ without overriding it (15 at meta-training) and its ``test.py`` passes ``maxIter
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from qpth.qp import QPFunction
@@ -144,8 +146,32 @@ class SVMCSHead(Head):
     def solve_dual(self, support: Tensor, support_labels: Tensor, n_way: int) -> Tensor:
         """QP solution α (tasks, n_support, n_way) in the solver's dtype; differentiable."""
         solve_dtype = torch.float64 if self.double_precision else support.dtype
-        x = support.to(solve_dtype)
-        onehot = F.one_hot(support_labels, n_way).to(solve_dtype)
+        try:
+            return self._qp(support.to(solve_dtype), support_labels, n_way)
+        except RuntimeError as exc:
+            if "not spd" not in str(exc).lower():
+                raise
+            if solve_dtype == torch.float64:
+                raise ValueError(
+                    "SVM-CS: the QP matrix X Xᵀ ⊗ I + jitter·I is not positive definite even in "
+                    "float64 (largest feature norm "
+                    f"{float(support.detach().norm(dim=-1).max()):.3g}); normalise the features "
+                    "or raise the head's jitter"
+                ) from exc
+        # float32 cannot hold jitter = 1 beside Gram entries ~1e7: solve this batch in float64
+        warnings.warn(
+            f"SVM-CS: the QP matrix is not positive definite in {solve_dtype} at this feature "
+            f"scale (largest feature norm {float(support.detach().norm(dim=-1).max()):.3g}); "
+            "solved in float64 instead. Normalise the features, or pass double_precision=True "
+            "to always solve in float64",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return self._qp(support.double(), support_labels, n_way)
+
+    def _qp(self, x: Tensor, support_labels: Tensor, n_way: int) -> Tensor:
+        """qpth's solution of the QP for features ``x`` in the dtype they come in."""
+        onehot = F.one_hot(support_labels, n_way).to(x.dtype)
         Q, p, G, h, A, b = crammer_singer_qp(x, onehot, self.C_reg, self.jitter)
         solver = QPFunction(
             eps=self.eps, verbose=-1, notImprovedLim=self.not_improved_lim, maxIter=self.max_iter

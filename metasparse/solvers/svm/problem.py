@@ -120,17 +120,43 @@ def certificate(
     """
     S, nrm, alpha, Y, lam1 = S.double(), nrm.double(), alpha.double(), Y.double(), lam1.double()
     c = S + 1.0 - Y
-    if tau > 0:
-        a = project_simplex(Y + c / tau)
-        loss = ((a - Y) * c).sum(-1) - 0.5 * tau * ((a - Y) ** 2).sum(-1)
-    else:
-        loss = c.amax(-1) - (c * Y).sum(-1)
+    loss = _hinge(c, Y, tau)
     dev = alpha - Y
     fy = loss - (dev * c).sum(-1) + 0.5 * tau * (dev * dev).sum(-1)
     ex = (nrm - lam1.unsqueeze(-1)).clamp_min(0.0)  # λ2 ‖W_j‖
     P = loss.sum(-1) + (lam1 * ex.sum(-1) + 0.5 * (ex * ex).sum(-1)) / lam2
     D = dual_objective(nrm, alpha, Y, lam1, lam2, tau)
     return P, -D, fy.sum(-1).clamp_min(0.0) / P.abs().clamp_min(1.0)
+
+
+def _hinge(c: Tensor, Y: Tensor, tau: float) -> Tensor:
+    """``ℓ_τ`` per example from ``c = s + 1 − e_y`` (the smoothed hinge; the plain one at 0)."""
+    if tau > 0:
+        a = project_simplex(Y + c / tau)
+        return ((a - Y) * c).sum(-1) - 0.5 * tau * ((a - Y) ** 2).sum(-1)
+    return c.amax(-1) - (c * Y).sum(-1)
+
+
+@torch.no_grad()
+def certify_weights(
+    X: Tensor, Y: Tensor, alpha: Tensor, W: Tensor, lam1: Tensor, lam2: float, tau: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``P(W)``, ``−D(α)`` and the relative gap ``(P(W) + D(α)) / max(1, |P(W)|)`` for the
+    classifier ``W`` (T, K, p) as it is, everything recomputed from ``X`` in float64.
+
+    A bound on ``W``'s own suboptimality that does not assume ``W = W(α)`` exactly: for
+    float32 features the two differ by the rounding of ``M = Xᵀ(Y − α)``, which is large when
+    the features are badly scaled, and :func:`certificate` (exact for ``W(α)``) can then
+    certify a classifier that is far from optimal. The solver checks its final answer for
+    float32 features with this.
+    """
+    X, Y, alpha, W, lam = X.double(), Y.double(), alpha.double(), W.double(), lam1.double()
+    loss = _hinge(X @ W.transpose(1, 2) + 1.0 - Y, Y, tau)
+    col = (W * W).sum(1).sqrt()  # ‖W_j‖ over classes, (T, p)
+    P = loss.sum(-1) + lam * col.sum(-1) + 0.5 * lam2 * (W * W).sum((1, 2))
+    nrm = column_norms((Y - alpha).transpose(1, 2) @ X)
+    D = dual_objective(nrm, alpha, Y, lam, lam2, tau)
+    return P, -D, (P + D).clamp_min(0.0) / P.abs().clamp_min(1.0)
 
 
 def objectives(
