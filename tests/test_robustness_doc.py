@@ -51,3 +51,6 @@ def test_catalogue_has_enough_distinct_rows_each_with_a_verdict():
     )
     for row in rows:
         assert len(row) == 4 and row[3] in ("yes", "no"), f"malformed row: {row}"
+    # issue 18: every message names the problem and the fix
+    without_fix = [row[0] for row in rows if row[3] != "yes"]
+    assert not without_fix, f"messages that name no fix: {without_fix}"

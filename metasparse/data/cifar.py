@@ -117,7 +117,8 @@ def read_cifar100(source: Path) -> tuple[np.ndarray, np.ndarray]:
     if fine != splits_catalog.cifar100_fine_classes():
         raise ValueError(
             f"{found}: meta fine_label_names are not CIFAR-100's 100 classes in order; this is not "
-            "the official cifar-100-python archive"
+            "the official cifar-100-python archive: get it with `metasparse data download "
+            "cifar100 --to DIR`"
         )
     coarse = [str(n) for n in meta.get("coarse_label_names", [])]
     if coarse and coarse != splits_catalog.cifar100_coarse_classes():
@@ -137,7 +138,8 @@ def read_cifar100(source: Path) -> tuple[np.ndarray, np.ndarray]:
         if len(data) != len(lab):
             raise ValueError(
                 f"{found}: {part} has {len(data)} images but {len(lab)} fine_labels "
-                "(label/data length mismatch)"
+                "(label/data length mismatch); the archive is damaged: download it again with "
+                "`metasparse data download cifar100 --to DIR`"
             )
         if len(lab) and (lab.min() < 0 or lab.max() > 99):
             raise ValueError(f"{found}: {part} fine_labels outside 0..99")

@@ -94,7 +94,8 @@ def fetch(source: Source, to: Path, timeout: float = DEFAULT_TIMEOUT, quiet: boo
             response = None
         else:
             raise DownloadError(
-                f"{source.url}: server answered HTTP {exc.code} {exc.reason}"
+                f"{source.url}: server answered HTTP {exc.code} {exc.reason}; retry later, or "
+                f"download the file by hand and put it at {final}"
             ) from exc
     except OSError as exc:  # URLError, timeouts and refused connections are all OSErrors
         reason = getattr(exc, "reason", exc)

@@ -52,7 +52,8 @@ def read_l2l_miniimagenet(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]
         if idx.size and (idx.min() < 0 or idx.max() >= len(images)):
             raise ValueError(
                 f"{path}: class {name!r} lists image indices up to {idx.max()} but image_data has "
-                f"{len(images)} images (label/data length mismatch); the file is damaged"
+                f"{len(images)} images (label/data length mismatch); the file is damaged: "
+                "download it again"
             )
         if (labels[idx] != -1).any():
             raise ValueError(f"{path}: some images are listed under two classes (incl. {name!r})")
@@ -60,7 +61,7 @@ def read_l2l_miniimagenet(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]
     if (labels == -1).any():
         raise ValueError(
             f"{path}: {int((labels == -1).sum())} of {len(images)} images belong to no class in "
-            "class_dict (label/data length mismatch); the file is damaged"
+            "class_dict (label/data length mismatch); the file is damaged: download it again"
         )
     return images, labels, names
 

@@ -123,12 +123,16 @@ class _ImageReader:
             path = self.source / name
             if not path.is_file():
                 raise FileNotFoundError(
-                    f"image {name} listed in the csv is missing from {path.parent}"
+                    f"image {name} listed in the csv is missing from {path.parent}; restore it "
+                    "or download and prepare the dataset again (data/README.md)"
                 )
             return path.read_bytes()
         entry = self._entries.get(name)
         if entry is None:
-            raise FileNotFoundError(f"image {name} listed in the csv is missing from {self.source}")
+            raise FileNotFoundError(
+                f"image {name} listed in the csv is missing from {self.source}; restore it or "
+                "download and prepare the dataset again (data/README.md)"
+            )
         try:
             return self._zip.read(entry)
         except (zipfile.BadZipFile, OSError, EOFError) as exc:
@@ -186,7 +190,7 @@ def read_metaoptnet_pickle(path: Path) -> tuple[np.ndarray, np.ndarray, list[str
     if len(images) != len(raw):
         raise ValueError(
             f"{path}: {len(images)} images but {len(raw)} labels (label/data length mismatch); "
-            "the file is damaged"
+            "the file is damaged: download it again"
         )
     uniq, labels = np.unique(raw, return_inverse=True)
     label2name = {int(v): str(k) for k, v in dict(obj.get("catname2label") or {}).items()}

@@ -75,7 +75,9 @@ def _resolve(runs_dir: Path, run_dir: Path, rel: str) -> Path:
         candidate = (base / rel).resolve()
         if candidate.is_file():
             return candidate
-    raise ValueError(f"{run_dir / 'class_labels.txt'} names {rel}, which does not exist")
+    raise ValueError(
+        f"{run_dir / 'class_labels.txt'} names {rel}, which does not exist; expected {LAYOUT}"
+    )
 
 
 def read_run(run_dir: Path, image_size: int = 28) -> OmniglotRun:
@@ -114,7 +116,8 @@ def read_run(run_dir: Path, image_size: int = 28) -> OmniglotRun:
     if unlabeled or len(label_of) != len(query_files):
         raise ValueError(
             f"{labels_path} labels {len(label_of)} test images but {run_dir}/test holds "
-            f"{len(query_files)}; unlabeled: {unlabeled[:5]}"
+            f"{len(query_files)}; unlabeled: {unlabeled[:5]}. Add one line per test image: "
+            f"{LAYOUT}"
         )
     return OmniglotRun(
         name=run_dir.name,

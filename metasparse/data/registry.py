@@ -20,8 +20,8 @@ _BUILDERS: dict[str, str] = {
     "fc100": "metasparse.data.cifar:build_fc100",
 }
 
-SPLITS = ("train", "val", "test", "trainval")
-TRAINVAL = ("omniglot",)  # the datasets with a trainval split (train and val classes together)
+SPLITS = ("train", "val", "test")  # every dataset's (what data check/prepare iterate over)
+TRAINVAL = ("omniglot",)  # the datasets with a trainval split as well (train + val classes)
 
 
 def available_datasets() -> list[str]:
@@ -52,13 +52,13 @@ def build_dataset(
         raise ValueError(
             f"unknown dataset {name!r}; choose one of {', '.join(available_datasets())}"
         )
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     if split == "trainval" and name not in TRAINVAL:
         raise ValueError(
             f"split 'trainval' exists for {', '.join(TRAINVAL)} only, not {name!r}; choose one "
-            "of train, val, test"
+            f"of {', '.join(SPLITS)}"
         )
+    if split not in (*SPLITS, "trainval"):
+        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     module_name, func_name = _BUILDERS[name].split(":")
     builder = getattr(importlib.import_module(module_name), func_name)
     dataset = builder(resolve_root(root), split, augment, **options)

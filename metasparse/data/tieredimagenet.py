@@ -104,7 +104,8 @@ def _decoded_split(folder: Path, split: str, cache_dir: Path | None) -> Path:
     if len(pngs) != len(labels):
         raise ValueError(
             f"{img_path} holds {len(pngs)} images but {lab_path} has {len(labels)} labels "
-            "(label/data length mismatch); one of the files is damaged or from another split"
+            "(label/data length mismatch); one of the files is damaged or from another split: "
+            "download both files of this split again"
         )
     return prepared.cached_decode(
         key,
