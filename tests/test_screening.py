@@ -59,3 +59,12 @@ def test_without_smoothing_nothing_is_proven():
     res = solve_group_sparse_svm(X, y, way, lam_ratio=0.5, lam2=LAM2, tau=0.0, tol=1e-5)
     scr = screen_features(X, y, way, res.dual, res.lam1, LAM2, 0.0)
     assert scr.undetermined.all() and torch.isinf(scr.radius).all()
+
+
+def test_features_zero_on_the_support_are_proven_unused_even_at_lambda_zero():
+    X, y, way = _episodes(tasks=2)
+    X[:, :, :5] = 0.0  # dead ReLU features
+    res = solve_group_sparse_svm(X, y, way, lam_ratio=0.0, lam2=LAM2, tau=TAU, tol=1e-5)
+    scr = screen_features(X, y, way, res.dual, res.lam1, LAM2, TAU)
+    assert scr.proven_unused[:, :5].all() and not scr.proven_unused[:, 5:].any()
+    assert not scr.undetermined[:, :5].any()

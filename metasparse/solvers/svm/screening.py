@@ -11,6 +11,9 @@ statements about the optimum (``docs/method.md`` §4b). For ``τ > 0`` the dual 
 * provably used (``W*_j ≠ 0``) when ``‖M_j‖ − ‖X_j‖·r > λ1``;
 * undetermined otherwise: solve to a tighter gap to decide it.
 
+A feature that is zero on the whole support set is unused at any ``λ1`` (its ``M_j`` is 0 for
+every ``α``), which the strict inequality above cannot show at ``λ1 = 0``.
+
 With ``τ = 0`` the dual is not strongly convex and every feature is undetermined.
 """
 
@@ -79,8 +82,11 @@ def screen_features(
     slack = X.norm(dim=1) * radius.unsqueeze(-1)  # (T, p): ‖X_j‖·r
     lam_col = lam.unsqueeze(-1)
     used = nrm > lam_col
-    proven_unused = nrm + slack < lam_col
-    proven_used = nrm - slack > lam_col
+    # a feature that is zero on every support example has M_j = 0 for every α: unused at any
+    # λ1, including λ1 = 0 where the strict test cannot say so (dead ReLU features)
+    dead = (X != 0).sum(1) == 0
+    proven_unused = (nrm + slack < lam_col) | dead
+    proven_used = (nrm - slack > lam_col) & ~dead
     return FeatureSupport(
         used=used,
         proven_used=proven_used,
