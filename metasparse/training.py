@@ -148,13 +148,15 @@ class Trainer:
     # ----------------------------------------------------------------- one step
     def step(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, float], dict[str, float]]:
         """One meta-gradient step on a batch of episodes; returns (metrics, seconds per phase)."""
-        way, dev, times = self.cfg.train.way, self.device, {}
+        t, dev, times = self.cfg.train, self.device, {}
+        way = t.way
         batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
 
         t0 = time.perf_counter()
-        f_s, f_q = self.model.embed(batch["support"], batch["query"])
+        # BatchNorm over groups of train.bn_group_episodes episodes (0: the whole batch)
+        f_s, f_q = self.model.embed(batch["support"], batch["query"], t.bn_group_episodes)
         _sync(dev)
         t1 = time.perf_counter()
         # Cut the graph at the features so head and backbone backward passes are timed apart.
