@@ -10,7 +10,7 @@ from collections.abc import Sequence
 # subcommand group -> module exposing ``add_parser(subparsers)``; the parser it adds sets
 # ``func`` (called with the parsed namespace, returning an exit code).
 _COMMAND_MODULES = (
-    "metasparse.training",
+    "metasparse.train_cli",
     "metasparse.evaluation",
     "metasparse.sweep",
     "metasparse.demo",
