@@ -320,6 +320,18 @@ def test_a_partial_torchrun_environment_is_a_clear_error(monkeypatch):
     assert distributed.from_environment() == distributed.Context(1, 2, 1)
 
 
+def test_commands_other_than_train_refuse_to_run_under_torchrun(monkeypatch, capsys):
+    from metasparse.cli import main
+
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", "0"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(name, value)
+    assert main(["test", "--checkpoint", "none.pt"]) == 2
+    assert capsys.readouterr().err == (
+        "metasparse: error: metasparse test does not run distributed (WORLD_SIZE=2): only "
+        "metasparse train does; run metasparse test without torchrun\n"
+    )
+
+
 # ----------------------------------------------------------------- torchrun, as a user runs it
 def test_torchrun_writes_one_set_of_checkpoints_and_logs(tmp_path):
     run = tmp_path / "run"
