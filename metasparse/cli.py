@@ -10,7 +10,7 @@ from collections.abc import Sequence
 # subcommand group -> module exposing ``add_parser(subparsers)``; the parser it adds sets
 # ``func`` (called with the parsed namespace, returning an exit code).
 _COMMAND_MODULES = (
-    "metasparse.training",
+    "metasparse.train_cli",
     "metasparse.evaluation",
     "metasparse.sweep",
     "metasparse.demo",
@@ -38,11 +38,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _only_train_is_distributed(command: str) -> None:
+    """Refuse other commands under torchrun: each of its N processes would do (and write) all
+    of the work."""
+    from metasparse.distributed import from_environment
+
+    ctx = from_environment()
+    if command != "train" and ctx.enabled:
+        raise ValueError(
+            f"metasparse {command} does not run distributed (WORLD_SIZE={ctx.world_size}): only "
+            f"metasparse train does; run metasparse {command} without torchrun"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``metasparse`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _only_train_is_distributed(args.command)
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as exc:
         print(f"metasparse: error: {exc}", file=sys.stderr)

@@ -50,6 +50,10 @@ class TrainConfig:
     shot: int = 15
     query: int = 6
     episodes_per_batch: int = 8
+    # BatchNorm statistics over groups of this many episodes of a batch (0: the whole batch).
+    # N processes normalise each their own share (episodes_per_batch / N), so one process with
+    # groups of that size trains as they do (README, "Distributed training").
+    bn_group_episodes: int = 0
     batches_per_epoch: int = 1000
     epochs: int = 60
     optimizer: str = "sgd"  # sgd (MetaOptNet: Nesterov momentum) | adam (ProtoNets: Adam)
@@ -181,6 +185,14 @@ def check_training(cfg: Config) -> None:
             getattr(t, key),
             "give a positive integer",
         )
+    g = t.bn_group_episodes
+    _require(
+        g == 0 or (g > 0 and t.episodes_per_batch % g == 0),
+        "train.bn_group_episodes",
+        f"must be 0 or divide train.episodes_per_batch={t.episodes_per_batch}",
+        g,
+        f"use 0 (one group: the whole batch) or a divisor of {t.episodes_per_batch}",
+    )
     _require(
         v.episodes >= 1,
         "val.episodes",

@@ -60,13 +60,15 @@ def evaluate(
     progress: bool = False,
     desc: str = "eval",
     precompute: bool = True,
+    distributed: bool = False,
 ) -> dict[str, Any]:
     """Mean query accuracy (percent) ± 95% CI over ``episodes`` fixed episodes, plus head stats.
 
     The episodes are a pure function of ``seed``: two models evaluated with the same arguments see
     identical tasks. With ``precompute`` (for deterministic test transforms) every image is
     embedded once and the episodes are drawn from the features — the same tasks and logits as
-    embedding each episode, at a fraction of the cost.
+    embedding each episode, at a fraction of the cost. ``distributed``: see :func:`run_episodes`
+    (every process embeds the whole dataset; the episodes are split).
     """
     device = torch.device(device)
     was_training = model.training
@@ -93,6 +95,7 @@ def evaluate(
             progress,
             desc,
             num_workers,
+            distributed,
         )
     finally:
         model.train(was_training)
@@ -159,30 +162,46 @@ def run_episodes(
     progress: bool,
     desc: str,
     num_workers: int,
+    distributed: bool = False,
 ) -> dict[str, Any]:
-    """Accuracy ± CI, the mean head statistics, and per episode / per batch records."""
+    """Accuracy ± CI, the mean head statistics, and per episode / per batch records.
+
+    ``distributed``: the processes of the ``torch.distributed`` group each classify a contiguous
+    block of the batches and every process gets all the results, in batch order: the same
+    batches, so the same numbers, as one process classifying them all.
+    """
+    from metasparse import distributed as dist
     from metasparse.data.episodes import episode_loader
 
     num_batches = -(-episodes // episodes_per_batch)
-    loader = episode_loader(
-        dataset,
-        way,
-        shot,
-        query,
-        episodes_per_batch,
-        num_batches,
-        seed=seed,
-        epoch=0,
-        num_workers=num_workers,
-    )
+    ctx = dist.current() if distributed else dist.SINGLE
+    first = ctx.rank * num_batches // ctx.world_size
+    end = (ctx.rank + 1) * num_batches // ctx.world_size
     accs: list[np.ndarray] = []
     batch_stats: list[dict[str, float]] = []
-    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False, unit="batch"):
-        batch = _to_device(batch, device)
-        logits, stats = classify(batch)
-        correct = (logits.argmax(-1) == batch["query_labels"]).float().mean(-1)
-        accs.append(correct.cpu().numpy())
-        batch_stats.append({k: float(v) for k, v in stats.items()})
+    if end > first:  # with fewer batches than processes, some have none
+        loader = episode_loader(
+            dataset,
+            way,
+            shot,
+            query,
+            episodes_per_batch,
+            end,
+            seed=seed,
+            epoch=0,
+            num_workers=num_workers,
+            start_batch=first,
+        )
+        for batch in tqdm(loader, desc=desc, disable=not progress, leave=False, unit="batch"):
+            batch = _to_device(batch, device)
+            logits, stats = classify(batch)
+            correct = (logits.argmax(-1) == batch["query_labels"]).float().mean(-1)
+            accs.append(correct.cpu().numpy())
+            batch_stats.append({k: float(v) for k, v in stats.items()})
+    if ctx.enabled:
+        parts = dist.gather((accs, batch_stats))
+        accs = [a for part_accs, _ in parts for a in part_accs]
+        batch_stats = [s for _, part_stats in parts for s in part_stats]
     per_episode = np.concatenate(accs)[:episodes] * 100.0
     mean, ci = mean_ci95(per_episode)
     stats_sum: dict[str, float] = defaultdict(float)

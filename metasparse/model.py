@@ -40,17 +40,13 @@ class FewShotModel(nn.Module):
         head = build_component("head", build_head, model_cfg.head, dict(model_cfg.head_options))
         return cls(backbone, head, channels_last=model_cfg.channels_last)
 
-    def embed(self, support: Tensor, query: Tensor) -> tuple[Tensor, Tensor]:
-        """(tasks, n, C, H, W) images → (tasks, n, d) features, support and query together."""
-        tasks, n_s = support.shape[:2]
-        n_q = query.shape[1]
-        images = torch.cat([support.flatten(0, 1), query.flatten(0, 1)])
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        feats = self.backbone(images).flatten(1)
-        f_s = feats[: tasks * n_s].reshape(tasks, n_s, -1)
-        f_q = feats[tasks * n_s :].reshape(tasks, n_q, -1)
-        return f_s, f_q
+    def embed(
+        self, support: Tensor, query: Tensor, group_episodes: int = 0
+    ) -> tuple[Tensor, Tensor]:
+        """(tasks, n, C, H, W) images → (tasks, n, d) features, support and query together;
+        ``group_episodes`` > 0 embeds the tasks in groups of that many (see
+        :func:`embed_episodes`)."""
+        return embed_episodes(self.backbone, support, query, self.channels_last, group_episodes)
 
     def forward(
         self, support: Tensor, support_labels: Tensor, query: Tensor, n_way: int
@@ -58,6 +54,91 @@ class FewShotModel(nn.Module):
         """Logits (tasks, n_query, n_way) and the head's statistics."""
         f_s, f_q = self.embed(support, query)
         return self.head(f_q, f_s, support_labels, n_way)
+
+
+def _embed_all(
+    backbone: nn.Module, support: Tensor, query: Tensor, channels_last: bool
+) -> tuple[Tensor, Tensor]:
+    """One backbone pass over every support and query image of the batch."""
+    tasks, n_s = support.shape[:2]
+    n_q = query.shape[1]
+    images = torch.cat([support.flatten(0, 1), query.flatten(0, 1)])
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    feats = backbone(images).flatten(1)
+    f_s = feats[: tasks * n_s].reshape(tasks, n_s, -1)
+    f_q = feats[tasks * n_s :].reshape(tasks, n_q, -1)
+    return f_s, f_q
+
+
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)  # what embed_episodes groups
+
+
+def embed_episodes(
+    backbone: nn.Module,
+    support: Tensor,
+    query: Tensor,
+    channels_last: bool = False,
+    group_episodes: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """Features of a batch of episodes; ``group_episodes`` > 0 runs the backbone on groups of
+    that many episodes, so that BatchNorm normalises each group over its own images.
+
+    That is what each process of a distributed run does with its share of the batch, so one
+    process grouped by ``episodes_per_batch / N`` computes what N processes compute. Each
+    group's BatchNorm running statistics are updated from the same starting values and then
+    averaged, as distributed training averages them over the processes. 0 (or a group as large
+    as the batch) is one pass over the whole batch.
+    """
+    tasks = support.shape[0]
+    if group_episodes <= 0 or group_episodes >= tasks:
+        return _embed_all(backbone, support, query, channels_last)
+    if tasks % group_episodes:
+        raise ValueError(
+            f"group_episodes={group_episodes} must divide the {tasks} episodes of the batch; "
+            "use a divisor, or 0 for one group"
+        )
+    norms = [
+        m
+        for m in backbone.modules()
+        if isinstance(m, BATCH_NORMS) and m.training and m.running_mean is not None
+    ]
+    # Each group starts from fresh copies of the running statistics: the tensors a group's
+    # forward pass updated are saved for its backward pass, so they must not change again.
+    start = [{k: b.detach().clone() for k, b in m.named_buffers(recurse=False)} for m in norms]
+    sums = [(torch.zeros_like(m.running_mean), torch.zeros_like(m.running_var)) for m in norms]
+    parts = []
+    for first in range(0, tasks, group_episodes):
+        for m, buffers in zip(norms, start, strict=True):
+            for k, b in buffers.items():
+                setattr(m, k, b.clone())
+        group = slice(first, first + group_episodes)
+        parts.append(_embed_all(backbone, support[group], query[group], channels_last))
+        with torch.no_grad():
+            for m, (mean, var) in zip(norms, sums, strict=True):
+                mean += m.running_mean
+                var += m.running_var
+    n_groups = tasks // group_episodes
+    for m, (mean, var) in zip(norms, sums, strict=True):
+        m.running_mean, m.running_var = mean / n_groups, var / n_groups
+    return torch.cat([f for f, _ in parts]), torch.cat([f for _, f in parts])
+
+
+class Embedder(nn.Module):
+    """The backbone half of a :class:`FewShotModel` as a module of its own: what distributed
+    training wraps in DistributedDataParallel (the step back-propagates head and backbone
+    apart, so the head's few parameters are averaged separately)."""
+
+    def __init__(self, backbone: nn.Module, channels_last: bool = False) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.channels_last = channels_last
+
+    def forward(
+        self, support: Tensor, query: Tensor, group_episodes: int = 0
+    ) -> tuple[Tensor, Tensor]:
+        """:func:`embed_episodes` with this backbone."""
+        return embed_episodes(self.backbone, support, query, self.channels_last, group_episodes)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -7,18 +7,17 @@ and query features, then through the backbone. The two halves are timed separate
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
+from metasparse import distributed as dist
 from metasparse.checkpoint import (
     PREVIOUS,
     check_resumable,
@@ -26,15 +25,10 @@ from metasparse.checkpoint import (
     load_model_state,
     save_checkpoint,
 )
-from metasparse.config import (
-    Config,
-    check_training,
-    load_config,
-    save_config,
-)
+from metasparse.config import Config, check_training, save_config
 from metasparse.data import FewShotDataset, build_dataset
 from metasparse.evaluation import evaluate
-from metasparse.model import FewShotModel, resolve_device
+from metasparse.model import FewShotModel
 from metasparse.optim import OPTIMIZERS, lr_factor, make_optimizer
 from metasparse.utils import all_finite, atomic_torch_save, atomic_write_json, seed_everything
 
@@ -45,18 +39,27 @@ def _sync(device: torch.device) -> None:
 
 
 class Trainer:
-    """Owns the model, optimizer, data and output folder of one meta-training run."""
+    """Owns the model, optimizer, data and output folder of one meta-training run.
+
+    In a ``torch.distributed`` group (``torchrun``) each process trains on its share of every
+    batch (:mod:`metasparse.distributed`); only rank 0 writes files and shows progress.
+    """
 
     def __init__(self, cfg: Config, resume: bool | str = False, progress: bool = True) -> None:
         """``resume``: ``True`` or ``"last"`` continues from ``checkpoints/last.pt``,
         ``"previous"`` from the one before it (``previous.pt``, when last.pt is damaged)."""
         self.cfg = cfg
-        self.progress = progress
+        self.dist = dist.current()
+        self.progress = progress and self.dist.is_main
         self.run_dir = cfg.run_dir
         self.ckpt_dir = self.run_dir / "checkpoints"
-        self.device = resolve_device(cfg.train.device)
+        self.device = dist.training_device(cfg.train.device, self.dist)
         t = cfg.train
         check_training(cfg)
+        # BatchNorm groups of episodes in this process's share of a batch (0: all of it)
+        self.bn_group = dist.bn_group_episodes(
+            t.episodes_per_batch, t.bn_group_episodes, self.dist.world_size
+        )
         if t.optimizer not in OPTIMIZERS:
             raise ValueError(
                 f"unknown train.optimizer {t.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"
@@ -89,14 +92,18 @@ class Trainer:
                     else "; start the run without --resume"
                 )
                 raise FileNotFoundError(f"--resume given but {source} does not exist{hint}")
-            for stale in self.ckpt_dir.glob(".*.pt.*.tmp"):  # half-written by a killed run
-                stale.unlink(missing_ok=True)
+            if self.dist.is_main:
+                for stale in self.ckpt_dir.glob(".*.pt.*.tmp"):  # half-written by a killed run
+                    stale.unlink(missing_ok=True)
             self._restore(load_checkpoint(source, map_location=self.device))
         elif last.is_file():
             raise ValueError(
                 f"{self.run_dir} already holds a run (checkpoints/last.pt); pass --resume to "
                 "continue it, or choose another name/output_dir"
             )
+        self._ddp: DistributedDataParallel | None = None
+        if self.dist.enabled:
+            self._ddp = dist.wrap_backbone(self.model, self.device)
 
     def _dataset(self, split: str, augment: bool) -> FewShotDataset:
         d = self.cfg.data
@@ -142,7 +149,9 @@ class Trainer:
             torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["rng"]["cuda"]])
 
     def save(self, name: str) -> None:
-        """Atomically write ``checkpoints/<name>.pt``."""
+        """Atomically write ``checkpoints/<name>.pt`` (in a distributed run: rank 0 only)."""
+        if not self.dist.is_main:
+            return
         save_checkpoint(self._state(), self.ckpt_dir / f"{name}.pt", keep_previous=name == "last")
 
     # ----------------------------------------------------------------- one step
@@ -152,9 +161,13 @@ class Trainer:
         batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.dist.enabled:  # each process its own dropout, a function of the position
+            rank, seed = self.dist.rank, self.cfg.train.seed
+            torch.manual_seed(dist.step_seed(seed, self.epoch, self.step_in_epoch, rank))
 
         t0 = time.perf_counter()
-        f_s, f_q = self.model.embed(batch["support"], batch["query"])
+        embed = self.model.embed if self._ddp is None else self._ddp
+        f_s, f_q = embed(batch["support"], batch["query"], self.bn_group)
         _sync(dev)
         t1 = time.perf_counter()
         # Cut the graph at the features so head and backbone backward passes are timed apart.
@@ -170,14 +183,24 @@ class Trainer:
         _sync(dev)
         t2 = time.perf_counter()
         torch.autograd.backward([f_s, f_q], [h_s.grad, h_q.grad])  # … → backbone parameters
+        if self.dist.enabled:  # the means over the processes: the global batch's values
+            metrics = dist.average_step_(self.model, self._metrics(logits, loss, stats, batch))
+            loss = torch.tensor(metrics["loss"], device=dev)
         self._check_finite(loss, batch, stats)  # before the step: the weights stay good
         self.optimizer.step()
         _sync(dev)
         t3 = time.perf_counter()
         times = {"head": t2 - t1, "backbone": (t1 - t0) + (t3 - t2)}
-        acc = (logits.argmax(-1) == batch["query_labels"]).float().mean().item() * 100.0
-        metrics = {"loss": loss.item(), "accuracy": acc, **{k: float(v) for k, v in stats.items()}}
+        if not self.dist.enabled:
+            metrics = self._metrics(logits, loss, stats, batch)
         return metrics, times
+
+    @staticmethod
+    def _metrics(
+        logits: torch.Tensor, loss: torch.Tensor, stats: dict[str, Any], batch: dict[str, Any]
+    ) -> dict[str, float]:
+        acc = (logits.argmax(-1) == batch["query_labels"]).float().mean().item() * 100.0
+        return {"loss": loss.item(), "accuracy": acc, **{k: float(v) for k, v in stats.items()}}
 
     def _check_finite(
         self, loss: torch.Tensor, batch: dict[str, torch.Tensor], stats: dict[str, Any]
@@ -193,7 +216,9 @@ class Trainer:
         bad = [n for n, g in grads if not bool(torch.isfinite(g).all())]
         if bool(torch.isfinite(loss)) and not bad:
             return
-        dump = self.run_dir / f"nonfinite_step{self.global_step}.pt"
+        # every process saves its own share of the batch (the loss is the global batch's)
+        rank = f"_rank{self.dist.rank}" if self.dist.enabled else ""
+        dump = self.run_dir / f"nonfinite_step{self.global_step}{rank}.pt"
         atomic_torch_save(  # a plain torch file: torch.load(path, weights_only=True) reads it
             {
                 "batch": {k: v.detach().cpu() for k, v in batch.items()},
@@ -227,6 +252,7 @@ class Trainer:
             episodes_per_batch=v.episodes_per_batch,
             device=self.device,
             num_workers=self.cfg.data.num_workers,
+            distributed=self.dist.enabled,
         )
 
     def fit(self, max_steps: int | None = None) -> dict[str, Any]:
@@ -234,9 +260,11 @@ class Trainer:
         from metasparse.data.episodes import episode_loader
 
         cfg, t = self.cfg, self.cfg.train
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.run_dir / "config.yaml")
-        writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.global_step)
+        writer = None  # rank 0 writes config, logs and checkpoints
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+            writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.global_step)
         total = t.epochs * t.batches_per_epoch
         bar = tqdm(
             total=total,
@@ -269,6 +297,8 @@ class Trainer:
                     num_workers=cfg.data.num_workers,
                     start_batch=self.step_in_epoch,
                     pin_memory=self.device.type == "cuda",
+                    rank=self.dist.rank,
+                    world_size=self.dist.world_size,
                 )
                 t_data = time.perf_counter()
                 for batch in loader:
@@ -301,35 +331,52 @@ class Trainer:
                         last_save = time.monotonic()
                     if max_steps is not None and steps_done >= max_steps:
                         self.save("last")
-                        return self.summary(stopped=True)
+                        return self._finish(stopped=True)
                     t_data = time.perf_counter()
                 self._end_epoch(writer, lr)
         finally:
             bar.close()
-            writer.close()
-        return self.summary(stopped=False)
+            if writer is not None:
+                writer.close()
+        return self._finish(stopped=False)
 
-    def _log(self, writer: SummaryWriter, window: dict[str, list[float]], lr: float) -> None:
-        for key, values in window.items():
+    def _finish(self, stopped: bool) -> dict[str, Any]:
+        if self.dist.enabled:  # no process returns before rank 0's checkpoint is on disk
+            dist.barrier()
+        return self.summary(stopped=stopped)
+
+    def _mean_times(self, values: dict[str, float]) -> dict[str, float]:
+        """The ``time/…`` values averaged over the processes (the metrics already are)."""
+        if not self.dist.enabled:
+            return values
+        times = {k: v for k, v in values.items() if k.startswith("time/")}
+        return {**values, **dist.mean_values(times, self.device)}
+
+    def _log(self, writer: SummaryWriter | None, window: dict[str, list[float]], lr: float) -> None:
+        means = self._mean_times({key: sum(vs) / len(vs) for key, vs in window.items()})
+        window.clear()
+        if writer is None:
+            return
+        for key, value in means.items():
             tag = (
                 key
                 if key.startswith("time/")
                 else (f"train/{key}" if key in ("loss", "accuracy") else f"head/{key}")
             )
-            writer.add_scalar(tag, sum(values) / len(values), self.global_step)
+            writer.add_scalar(tag, value, self.global_step)
         writer.add_scalar("train/lr", lr, self.global_step)
-        window.clear()
 
-    def _end_epoch(self, writer: SummaryWriter, lr: float) -> None:
+    def _end_epoch(self, writer: SummaryWriter | None, lr: float) -> None:
         start = time.perf_counter()
         val = self.validate()
         self.elapsed += time.perf_counter() - start
-        writer.add_scalar("val/accuracy", val["accuracy"], self.global_step)
-        writer.add_scalar("val/ci95", val["ci95"], self.global_step)
-        for key, value in val["head_stats"].items():
-            writer.add_scalar(f"val_head/{key}", value, self.global_step)
+        if writer is not None:
+            writer.add_scalar("val/accuracy", val["accuracy"], self.global_step)
+            writer.add_scalar("val/ci95", val["ci95"], self.global_step)
+            for key, value in val["head_stats"].items():
+                writer.add_scalar(f"val_head/{key}", value, self.global_step)
         n = max(self._epoch_count, 1)  # means over the steps this process ran in the epoch
-        train_means = {k: v / n for k, v in self._epoch_sums.items()}
+        train_means = self._mean_times({k: v / n for k, v in self._epoch_sums.items()})
         self._epoch_sums.clear()
         self._epoch_count = 0
         record = {
@@ -356,7 +403,8 @@ class Trainer:
         if improved:
             self.save("best")
         self.save("last")
-        atomic_write_json(self.run_dir / "history.json", self.history)
+        if self.dist.is_main:
+            atomic_write_json(self.run_dir / "history.json", self.history)
 
     def summary(self, stopped: bool) -> dict[str, Any]:
         """What the run has reached so far (also what ``metasparse train`` prints)."""
@@ -379,48 +427,3 @@ def train(
 ) -> dict[str, Any]:
     """Meta-train according to ``cfg``; returns the run summary."""
     return Trainer(cfg, resume=resume, progress=progress).fit(max_steps=max_steps)
-
-
-def run_train(args: argparse.Namespace) -> int:
-    """``metasparse train``."""
-    cfg = load_config(args.config, args.overrides)
-    summary = train(
-        cfg, resume=args.resume, progress=not args.no_progress, max_steps=args.max_steps
-    )
-    best = summary["best_val_accuracy"]
-    print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
-    if best >= 0:
-        print(
-            f"best validation accuracy {best:.2f}% at epoch {summary['best_epoch'] + 1}; "
-            f"checkpoints in {Path(summary['run_dir']) / 'checkpoints'}"
-        )
-    return 0
-
-
-def add_parser(sub: Any) -> None:
-    """Register ``train``."""
-    p = sub.add_parser("train", help="meta-train a backbone and head on few-shot episodes")
-    p.add_argument("--config", default=None, help="YAML file (see configs/); defaults otherwise")
-    p.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="KEY=VALUE",
-        help="config overrides, e.g. train.epochs=5 model.head=svm_cs",
-    )
-    p.add_argument(
-        "--resume",
-        nargs="?",
-        const="last",
-        default=False,
-        choices=("last", "previous"),
-        help="continue the run in output_dir from checkpoints/last.pt (or, with 'previous', "
-        "from previous.pt: the checkpoint before it, kept in case last.pt is damaged)",
-    )
-    p.add_argument(
-        "--max-steps",
-        type=int,
-        default=None,
-        help="stop (with a checkpoint) after this many steps of this invocation",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_train)

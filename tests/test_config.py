@@ -96,6 +96,10 @@ def test_base_inheritance_and_cycles(tmp_path):
         ("train.checkpoint_every=-1", r"'train\.checkpoint_every' must be >= 0"),
         ("train.log_every=0", r"'train\.log_every' must be at least 1"),
         ("train.checkpoint_minutes=-1", r"'train\.checkpoint_minutes' must be >= 0.*0 turns"),
+        (
+            "train.bn_group_episodes=3",
+            r"'train\.bn_group_episodes' must be 0 or divide train\.episodes_per_batch=8.*divisor",
+        ),
     ],
 )
 def test_training_ranges_are_checked_with_a_fix(override, message):

@@ -163,11 +163,16 @@ def episode_loader(
     num_workers: int = 0,
     start_batch: int = 0,
     pin_memory: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader:
     """Batches of ``episodes_per_batch`` episodes stacked on a leading task dimension.
 
     Batch ``b`` holds episodes ``b*episodes_per_batch ...`` of epoch ``epoch``; ``start_batch``
     skips the first batches without sampling them (exact resume in the middle of an epoch).
+    With ``world_size`` > 1, process ``rank`` gets its contiguous share of each batch: episodes
+    ``b*episodes_per_batch + rank*share ...`` (``share = episodes_per_batch / world_size``), so
+    the shares of all processes together are the batch one process would get.
     """
     for key, value in (("episodes_per_batch", episodes_per_batch), ("num_batches", num_batches)):
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
@@ -178,6 +183,12 @@ def episode_loader(
         )
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    if not (world_size >= 1 and 0 <= rank < world_size and episodes_per_batch % world_size == 0):
+        raise ValueError(
+            f"rank {rank} of world_size {world_size} cannot take an equal share of "
+            f"{episodes_per_batch} episodes per batch; need 0 <= rank < world_size and "
+            "episodes_per_batch divisible by world_size"
+        )
     episodes = EpisodeDataset(
         dataset, way, shot, query, episodes_per_batch * num_batches, seed=seed, epoch=epoch
     )
@@ -185,10 +196,19 @@ def episode_loader(
     # consume the global torch RNG (the training step's dropout etc. stays reproducible).
     generator = torch.Generator()
     generator.manual_seed(int(episode_seed(seed, epoch, -1).generate_state(1)[0]) & (2**63 - 1))
+    if world_size == 1:
+        share, order = episodes_per_batch, range(start_batch * episodes_per_batch, len(episodes))
+    else:
+        share = episodes_per_batch // world_size
+        order = [
+            b * episodes_per_batch + rank * share + i
+            for b in range(start_batch, num_batches)
+            for i in range(share)
+        ]
     return DataLoader(
         episodes,
-        batch_size=episodes_per_batch,
-        sampler=range(start_batch * episodes_per_batch, num_batches * episodes_per_batch),
+        batch_size=share,
+        sampler=order,
         num_workers=num_workers,
         pin_memory=pin_memory,
         generator=generator,
