@@ -86,20 +86,27 @@ def _resolve_lam1(
     return value
 
 
-def _tighten_rounded(
+def _certify_rounded(
     solver: GroupSparseSVMSolver, out: SolverOutput, X: Tensor, Y: Tensor, lam1: Tensor
-) -> SolverOutput:
-    """Solve again, to a tenth of the tolerance, the tasks whose float32 weights miss the
-    tolerance in float64 although the certificate of ``W(α)`` met it (:func:`certify_weights`).
+) -> tuple[SolverOutput, tuple[Tensor, Tensor, Tensor]]:
+    """Certify in float64 the float32 weights ``W = BST(out.Mt)/λ2`` as they are
+    (:func:`certify_weights`), and solve again, to a tenth of the tolerance, the tasks that miss
+    the tolerance there although the certificate of ``W(α)`` met it. Returns the (merged)
+    output and ``P``, ``−D``, gap of its weights.
 
     Near the tolerance the rounding of ``M`` can tip a certified gap over it; a tighter solve
     settles those. On badly scaled features no tolerance survives float32's rounding: those
     tasks stay uncertified, which the caller reports."""
-    W = weights_from_m(out.Mt, lam1, solver.lam2)
-    _, _, gap = certify_weights(X, Y, out.alpha, W, lam1, solver.lam2, solver.tau)
-    idx = ((gap > solver.tol) & (out.gap <= solver.tol)).nonzero().flatten()
+
+    def certify(o: SolverOutput, rows: Tensor | slice) -> tuple[Tensor, Tensor, Tensor]:
+        W = weights_from_m(o.Mt, lam1[rows], solver.lam2)
+        alpha = o.alpha.to(X.dtype)  # the dual point as the result returns it
+        return certify_weights(X[rows], Y[rows], alpha, W, lam1[rows], solver.lam2, solver.tau)
+
+    cert = certify(out, slice(None))
+    idx = ((cert[2] > solver.tol) & (out.gap <= solver.tol)).nonzero().flatten()
     if idx.numel() == 0:
-        return out
+        return out, cert
     # as many iterations again as the loop took (at least 50): enough for a tenth of the gap
     # where rounding is not the limit, and a bounded cost where it is (no tolerance survives)
     budget = min(solver.max_iter, max(50, int(out.iterations[idx].max())))
@@ -110,7 +117,7 @@ def _tighten_rounded(
     def mask(m: Tensor | None, rows: int) -> Tensor:
         return torch.ones(rows, p, dtype=torch.bool, device=X.device) if m is None else m
 
-    return out._replace(
+    merged = out._replace(
         alpha=out.alpha.index_put((idx,), sub.alpha),
         gap=out.gap.index_put((idx,), sub.gap),
         iterations=out.iterations.index_put((idx,), out.iterations[idx] + sub.iterations),
@@ -120,6 +127,8 @@ def _tighten_rounded(
         gram=out.gram.index_put((idx,), sub.gram),
         gram_mask=mask(out.gram_mask, T).index_put((idx,), mask(sub.gram_mask, idx.numel())),
     )
+    redone = certify(sub, idx)
+    return merged, tuple(c.index_put((idx,), r) for c, r in zip(cert, redone, strict=True))
 
 
 def solve_group_sparse_svm(
@@ -189,8 +198,11 @@ def solve_group_sparse_svm(
         ridge_start=ridge_start,
     )
     out = solver.run(X, Y, lam1_t, init=init, Mt0=Mt0)
+    # the certificate is exact for W(α); float32 weights are W(α) rounded through a float32 M,
+    # far from it on badly scaled features: they are certified as they are (P, −D, gap)
+    rounded = None
     if X.dtype != torch.float64:
-        out = _tighten_rounded(solver, out, X, Y, lam1_t)
+        out, rounded = _certify_rounded(solver, out, X, Y, lam1_t)
     iters = out.iterations
     alpha, gap, P, Dv = (v.to(support.dtype) for v in out[:2] + out[3:5])
     if backward == "generic":
@@ -199,19 +211,20 @@ def solve_group_sparse_svm(
         alpha_att = svm_dual_root(alpha, support, Y, lam1_att, lam2, tau, solve=backward)
     n, K, p = Y.shape[1], Y.shape[2], support.shape[2]
     if backward != "generic" and use_cg_backward(backward, tau, n, K, p):
-        # fused backward; the solver's M and Gram save it three passes over X
+        # fused backward; the solver's M and Gram save it three passes over X. Its weights are
+        # BST(out.Mt)/λ2 bitwise (λ1's graph adds an exact zero): ``rounded`` certified them
         weights = svm_weights(
             alpha, support, Y, lam1_att, lam2, tau, Mt=out.Mt, gram=(out.gram, out.gram_mask)
         )
     else:
         Mt = (Y - alpha_att).transpose(1, 2) @ support  # (T, K, p): the fast layout
         weights = weights_from_m(Mt, lam1_att, lam2)
+        if rounded is not None:  # another M, rounded otherwise: certify these weights
+            rounded = certify_weights(X, Y, alpha, weights.detach(), lam1_t, lam2, tau)
     with torch.no_grad():
         used = (weights != 0).any(1).to(support.dtype).mean(-1)
-    if support.dtype != torch.float64:
-        # the certificate is exact for W(α); the weights used are W(α) rounded through a
-        # float32 M, far from it on badly scaled features: certify them as they are
-        P64, D64, gap64 = certify_weights(X, Y, alpha, weights.detach(), lam1_t, lam2, tau)
+    if rounded is not None:
+        P64, D64, gap64 = rounded
         gap, P, Dv = gap64.to(gap.dtype), P64.to(P.dtype), D64.to(Dv.dtype)
     converged = gap <= tol
     if not bool(converged.all()):
