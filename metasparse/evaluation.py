@@ -76,7 +76,7 @@ def evaluate(
     try:
         if precompute:
             dataset, num_workers = feature_dataset(model, dataset, device), 0
-            classify = _head_classifier(model.head, way)
+            classify = head_classifier(model.head, way)
         else:
 
             def classify(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
@@ -101,8 +101,9 @@ def evaluate(
         model.train(was_training)
 
 
-def _head_classifier(head: torch.nn.Module, way: int) -> Any:
-    """Logits and statistics of ``head`` on a batch of feature episodes."""
+def head_classifier(head: torch.nn.Module, way: int) -> Any:
+    """Logits and statistics of ``head`` on a batch of feature episodes (a ``classify`` for
+    :func:`run_episodes`)."""
 
     def classify(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
         return head(batch["query"], batch["support"], batch["support_labels"], way)
@@ -116,37 +117,6 @@ def feature_dataset(
     """``dataset`` with every image replaced by its backbone features (eval mode), so that many
     heads can be evaluated on the same episodes without embedding them again."""
     return _FeatureDataset(embed_dataset(model, dataset, torch.device(device)), dataset)
-
-
-@torch.no_grad()
-def evaluate_head(
-    head: torch.nn.Module,
-    features: FewShotDataset,
-    way: int,
-    shot: int,
-    query: int,
-    episodes: int,
-    seed: int,
-    episodes_per_batch: int = 8,
-    device: torch.device | str = "cpu",
-    progress: bool = False,
-    desc: str = "eval",
-) -> dict[str, Any]:
-    """:func:`evaluate` of one head on a :func:`feature_dataset`: same seeded episodes."""
-    return run_episodes(
-        _head_classifier(head, way),
-        features,
-        way,
-        shot,
-        query,
-        episodes,
-        seed,
-        episodes_per_batch,
-        torch.device(device),
-        progress,
-        desc,
-        0,
-    )
 
 
 def run_episodes(

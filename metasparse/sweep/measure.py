@@ -9,20 +9,22 @@ tighter one (statistics only; the accuracy is that of the head as it runs).
 
 from __future__ import annotations
 
+import io
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from metasparse.data import FewShotDataset
-from metasparse.evaluation import run_episodes
+from metasparse.evaluation import head_classifier, run_episodes
 from metasparse.heads.base import check_episode
 from metasparse.heads.group_sparse_svm import GroupSparseSVMHead
 from metasparse.heads.svm_cs import SVMCSHead
 from metasparse.solvers.svm.screening import screen_features
-from metasparse.utils import mean_ci95
+from metasparse.utils import atomic_write_bytes, mean_ci95
 
 SPARSE = "group_sparse_svm"
 TIGHT_TOL = 1e-10  # tolerance of the float64 solve that decides undetermined features
@@ -38,6 +40,28 @@ class Measured:
     usage: np.ndarray | None = None  # (p,) fraction of episodes in which each feature is used
     first: np.ndarray | None = None  # (≤ FIRST_EPISODES, p) bool: used in each of those episodes
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def save_arrays(path: Path, measured: list[Measured], usage_dtype: Any = None) -> None:
+    """The per-feature arrays of ``measured`` as one ``.npz`` (``usage_<i>``, ``first_<i>`` for
+    row ``i``), written atomically."""
+    arrays = {}
+    for i, m in enumerate(measured):
+        if m.usage is not None:
+            arrays[f"usage_{i}"] = m.usage if usage_dtype is None else m.usage.astype(usage_dtype)
+            arrays[f"first_{i}"] = m.first
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_arrays(path: Path, rows: list[dict[str, Any]]) -> list[Measured]:
+    """``rows`` with the arrays :func:`save_arrays` wrote for them."""
+    arrays = np.load(path)
+    return [
+        Measured(row, arrays.get(f"usage_{i}"), arrays.get(f"first_{i}"))
+        for i, row in enumerate(rows)
+    ]
 
 
 def settings(ratios: list[float], baselines: list[str]) -> list[tuple[str, str, dict[str, Any]]]:
@@ -147,13 +171,7 @@ def measure(
     sparse head's support."""
     head = head.to(device).eval()
     sparse = isinstance(head, GroupSparseSVMHead)
-    if sparse:
-        classify: Any = _SparseClassifier(head, way)
-    else:
-
-        def classify(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
-            return head(batch["query"], batch["support"], batch["support_labels"], way)
-
+    classify = _SparseClassifier(head, way) if sparse else head_classifier(head, way)
     start = time.perf_counter()
     r = run_episodes(
         classify,

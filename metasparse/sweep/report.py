@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from metasparse.sweep.measure import SPARSE, Measured, paired_differences
+from metasparse.sweep.measure import SPARSE, Measured, paired_differences, save_arrays
 from metasparse.utils import atomic_write_bytes, atomic_write_json, mean_ci95
 
 CSV_FIELDS = (
@@ -54,14 +54,7 @@ def write_all(out: Path, measured: list[Measured], meta: dict[str, Any]) -> list
     for row in rows:
         writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in CSV_FIELDS})
     atomic_write_bytes(out / "results.csv", buf.getvalue().encode("utf-8"))
-    arrays = {}
-    for i, m in enumerate(measured):
-        if m.usage is not None:
-            arrays[f"usage_{i}"] = m.usage.astype(np.float32)
-            arrays[f"first_{i}"] = m.first
-    npz = io.BytesIO()
-    np.savez_compressed(npz, **arrays)
-    atomic_write_bytes(out / "arrays.npz", npz.getvalue())
+    save_arrays(out / "arrays.npz", measured, usage_dtype=np.float32)
     atomic_write_bytes(out / "report.md", report(rows, meta).encode("utf-8"))
     written = [out / n for n in ("results.json", "results.csv", "arrays.npz", "report.md")]
     written += plots(measured, out)

@@ -9,21 +9,25 @@ it had finished.
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from metasparse.checkpoint import load_checkpoint, model_from_checkpoint
 from metasparse.config import Config, load_config
 from metasparse.model import resolve_device
 from metasparse.sweep.backbone import measure_heads
-from metasparse.sweep.measure import Measured, certified_svm_cs, settings
-from metasparse.utils import atomic_write_bytes, atomic_write_json
+from metasparse.sweep.measure import (
+    Measured,
+    certified_svm_cs,
+    load_arrays,
+    save_arrays,
+    settings,
+)
+from metasparse.utils import atomic_write_json
 
 
 @dataclass(frozen=True)
@@ -74,23 +78,11 @@ def _cached(run_dir: Path, protocol: TestProtocol) -> list[Measured] | None:
     data = json.loads(path.read_text(encoding="utf-8"))
     if data.get("protocol") != json.loads(json.dumps(asdict(protocol))):
         return None
-    arrays = np.load(run_dir / "sweep_arrays.npz")
-    out = []
-    for i, row in enumerate(data["rows"]):
-        usage = arrays.get(f"usage_{i}")
-        first = arrays.get(f"first_{i}")
-        out.append(Measured(row, usage, first))
-    return out
+    return load_arrays(run_dir / "sweep_arrays.npz", data["rows"])
 
 
 def _store(run_dir: Path, protocol: TestProtocol, measured: list[Measured]) -> None:
-    arrays = {}
-    for i, m in enumerate(measured):
-        if m.usage is not None:
-            arrays[f"usage_{i}"], arrays[f"first_{i}"] = m.usage, m.first
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    atomic_write_bytes(run_dir / "sweep_arrays.npz", buf.getvalue())
+    save_arrays(run_dir / "sweep_arrays.npz", measured)
     # the JSON last: it marks the test as done only once the arrays are on disk
     atomic_write_json(
         run_dir / "sweep_test.json",
@@ -140,8 +132,8 @@ def run_config_sweep(
             tqdm.write(f"[{i + 1}/{len(plan)}] {label}, training seed {seed}: {run_dir}")
         done = train_run(cfg, progress)
         rows = _cached(run_dir, protocol)
-        ckpt = load_checkpoint(run_dir / "checkpoints" / "best.pt", map_location=dev)
-        if rows is None:
+        if rows is None:  # the checkpoint is read only to test it
+            ckpt = load_checkpoint(run_dir / "checkpoints" / "best.pt", map_location=dev)
             model, run_cfg = model_from_checkpoint(ckpt, dev)
             head = model.head
             if name == "svm_cs" and svm_cs_solver == "certified":
