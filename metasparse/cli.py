@@ -53,8 +53,17 @@ def _only_train_is_distributed(command: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``metasparse`` console script."""
+    from metasparse.train_cli import bare_resume_before_override, is_override
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    tokens = bare_resume_before_override(list(sys.argv[1:] if argv is None else argv))
+    args, extra = parser.parse_known_args(tokens)
+    # argparse takes one run of positionals only: KEY=VALUE overrides placed after an option
+    # (`train a=1 --no-progress b=2`) come back as extras, in order, and join the others.
+    if extra and hasattr(args, "overrides") and all(is_override(t) for t in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         _only_train_is_distributed(args.command)
         return int(args.func(args) or 0)

@@ -31,6 +31,26 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+RESUME_POINTS = ("last", "previous")
+
+
+def is_override(token: str) -> bool:
+    """A ``KEY=VALUE`` config override, as opposed to an option or its value."""
+    return "=" in token and not token.startswith("-")
+
+
+def bare_resume_before_override(argv: list[str]) -> list[str]:
+    """``--resume KEY=VALUE`` means ``--resume last KEY=VALUE``: argparse would otherwise take
+    the override as the optional value of ``--resume`` and reject it as a resume point."""
+    out: list[str] = []
+    for i, token in enumerate(argv):
+        out.append(token)
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        if token == "--resume" and nxt is not None and is_override(nxt):
+            out.append("last")
+    return out
+
+
 def add_parser(sub: Any) -> None:
     """Register ``train``."""
     p = sub.add_parser("train", help="meta-train a backbone and head on few-shot episodes")
@@ -46,7 +66,7 @@ def add_parser(sub: Any) -> None:
         nargs="?",
         const="last",
         default=False,
-        choices=("last", "previous"),
+        choices=RESUME_POINTS,
         help="continue the run in output_dir from checkpoints/last.pt (or, with 'previous', "
         "from previous.pt: the checkpoint before it, kept in case last.pt is damaged)",
     )

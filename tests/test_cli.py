@@ -133,3 +133,26 @@ def test_python_dash_m_runs_the_cli():
         timeout=120,
     )
     assert res.returncode == 2 and "did you mean 'epochs'" in res.stderr
+
+
+def test_bare_resume_followed_by_an_override_resumes_the_last_checkpoint(tmp_path, capsys):
+    # argparse would read `--resume train.epochs=2` as `--resume` with the value
+    # "train.epochs=2" and reject it; the CLI reads it as `--resume last train.epochs=2`.
+    tiny = [
+        "--no-progress",
+        f"output_dir={tmp_path / 'run'}",
+        "train.way=3",
+        "train.shot=1",
+        "train.query=1",
+        "train.episodes_per_batch=1",
+        "train.batches_per_epoch=2",
+        "val.episodes=2",
+        "model.backbone_options.hidden=4",
+        "model.backbone_options.out_channels=4",
+    ]
+    assert main(["train", *tiny, "train.epochs=1"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", "train.epochs=2", *tiny]) == 0
+    summary = json.loads(capsys.readouterr().out.split("\nbest validation")[0])
+    assert summary["epoch"] == 2
+    assert build_parser().parse_args(["train", "--resume", "previous"]).resume == "previous"
