@@ -132,11 +132,11 @@ def main() -> None:
                 rows.append({"shot": shot, "p": p, "backward": label, "tau": tau, "mode": backward})
                 rows[-1].update(r)
     if args.json:
-        from metasparse.utils import atomic_write_json
+        from metasparse.utils import atomic_write_json, cpu_name
 
         settings = {k: v for k, v in vars(args).items() if k != "child"}
         machine = {
-            "processor": platform.processor(),
+            "processor": cpu_name(),
             "machine": platform.machine(),
             "torch": torch.__version__,
             "torch_threads": threads.pop() if len(threads) == 1 else sorted(threads),

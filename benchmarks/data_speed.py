@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from metasparse.backbones import build_backbone
 from metasparse.data import build_dataset
 from metasparse.data.episodes import episode_loader
-from metasparse.utils import atomic_write_json, positive_int
+from metasparse.utils import atomic_write_json, cpu_name, positive_int
 
 WAY, SHOT, QUERY, TASKS = 5, 15, 6, 8
 
@@ -75,7 +75,7 @@ def step_time(name: str, batch: dict, tasks: int, repeats: int) -> float:
 def _machine() -> dict:
     """Processor, torch version and torch's current thread count (for the JSON file)."""
     return {
-        "processor": platform.processor(),
+        "processor": cpu_name(),
         "machine": platform.machine(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),

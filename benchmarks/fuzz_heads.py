@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from metasparse.fuzz import HEADS, HeadPropertyError, applicable, check_head, random_spec
-from metasparse.utils import atomic_write_json, positive_int
+from metasparse.utils import atomic_write_json, cpu_name, positive_int
 
 
 def run_episode(index: int, seed: int, max_support: int, heads: list[str]) -> list[dict[str, Any]]:
@@ -75,7 +75,7 @@ def summarize(records: list[dict[str, Any]], args: argparse.Namespace) -> dict[s
         },
         "machine": {
             "platform": platform.platform(),
-            "processor": platform.processor(),
+            "processor": cpu_name(),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
         },

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from metasparse.config import apply_override
 from metasparse.data import build_dataset
 from metasparse.demo import demo_config, meta_test
 from metasparse.training import train
-from metasparse.utils import atomic_write_json
+from metasparse.utils import atomic_write_json, cpu_name
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks/results/head_learning.json"
@@ -115,7 +114,7 @@ def main() -> None:
         "seed": args.seed,
         "train_seconds": train_s,
         "threads": args.threads,
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu_name(),
         "train_loss_curve": [h["train_means"].get("loss") for h in ckpt["history"]],
         "val_curve": [h["val_accuracy"] for h in ckpt["history"]],
         "test": meta_test(model, build_dataset("glyphs", "test"), args.episodes),

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import statistics
 import time
 import warnings
@@ -26,7 +25,7 @@ import torch
 from metasparse.heads.svm_cs import SVMCSHead
 from metasparse.solvers import lambda_max, products, solve_group_sparse_svm
 from metasparse.solvers.pgd_baseline import pgd_group_sparse_svm
-from metasparse.utils import atomic_write_bytes
+from metasparse.utils import atomic_write_bytes, cpu_name
 
 # the iteration-capped rows are uncertified on purpose
 warnings.filterwarnings("ignore", "group-sparse SVM: some episodes", RuntimeWarning)
@@ -248,7 +247,7 @@ def to_markdown(rows: list[dict], args: argparse.Namespace) -> str:
     dev = (
         torch.cuda.get_device_name()
         if args.device == "cuda"
-        else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s)"
+        else f"{cpu_name()}, {torch.get_num_threads()} thread(s)"
     )
     lines = [
         f"Machine: {dev}; torch {torch.__version__}; {args.tasks} episodes of {args.way}-way, "

@@ -33,7 +33,7 @@ from metasparse.config import load_config
 from metasparse.data import build_dataset
 from metasparse.evaluation import evaluate, omniglot_runs_error
 from metasparse.training import train
-from metasparse.utils import atomic_write_json
+from metasparse.utils import atomic_write_json, cpu_name
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = {  # dataset -> (config folder, [(way, shot, query)])
@@ -152,7 +152,7 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "platform": platform.platform(),
-        "processor": platform.processor(),
+        "processor": cpu_name(),
     }
     if args.config and len(args.heads) != 1:
         p.error("--config trains one run: give exactly one head in --heads")

@@ -39,7 +39,7 @@ from metasparse.data.episodes import episode_loader
 from metasparse.model import FewShotModel
 from metasparse.optim import make_optimizer
 from metasparse.training import Trainer
-from metasparse.utils import atomic_write_json, positive_int
+from metasparse.utils import atomic_write_json, cpu_name, positive_int
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -176,7 +176,7 @@ def main() -> None:
                 "machine": {
                     "torch": torch.__version__,
                     "platform": platform.platform(),
-                    "processor": platform.processor(),
+                    "processor": cpu_name(),
                 },
                 "rows": rows,
             },

@@ -37,7 +37,7 @@ from metasparse.backbones import build_backbone
 from metasparse.data import build_dataset
 from metasparse.data.episodes import episode_loader
 from metasparse.solvers import solve_group_sparse_svm
-from metasparse.utils import atomic_write_json
+from metasparse.utils import atomic_write_json, cpu_name
 
 REPO = Path(__file__).resolve().parents[1]
 LAM2 = 1000.0  # λ2 and τ = 1/λ2 as in head_speed.py (the solver's defaults)
@@ -214,7 +214,7 @@ def main() -> None:
     print(md)
     if args.json:
         machine = {
-            "processor": platform.processor(),
+            "processor": cpu_name(),
             "machine": platform.machine(),
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),

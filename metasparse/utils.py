@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import os
+import platform
 import random
 import tempfile
 from collections.abc import Sequence
@@ -108,3 +109,17 @@ def all_finite(t: torch.Tensor) -> bool:
     if bool(torch.isfinite(t.sum())):
         return True
     return bool(torch.isfinite(t).all())
+
+
+def cpu_name() -> str:
+    """The processor's model name (e.g. "AMD EPYC 7B13"), for benchmark records: speed-path
+    choices and round-off differ between CPU models, and ``platform.processor()`` says only
+    "x86_64" on Linux."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

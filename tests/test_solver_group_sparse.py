@@ -166,6 +166,35 @@ def test_gradient_matches_finite_differences(backward, monkeypatch):
     assert bool(ran) == (backward == "direct")
 
 
+def test_auto_backward_is_dense_only_on_few_dual_coordinates():
+    # the dense system grows as (n·K)³ whatever p is: 18-way 13-shot at p = 4 (n·K·p < 2e4)
+    # took 5.3 s dense against 0.21 s by CG (benchmarks/results/small_backward.json)
+    assert not svm_backward.use_cg_backward("auto", 0.1, 25, 5, 64)  # 5-way 5-shot, tiny
+    assert svm_backward.use_cg_backward("auto", 0.1, 234, 18, 4)
+    assert svm_backward.use_cg_backward("auto", 0.1, 10, 5, 5000)  # many features
+    assert not svm_backward.use_cg_backward("auto", 0.0, 234, 18, 4)  # τ = 0: dense always
+
+
+@pytest.mark.parametrize("backward", ["dense", "cg"])
+def test_no_active_feature_gives_a_zero_gradient_like_the_generic_path(backward):
+    # at λ1 ≥ λ_max no feature is active: W = 0 near X, so both closed-form paths return
+    # zeros without forming a system, as the generic fixed-point derivative does
+    X, labels = _episode(seed=3, T=2, n=9, p=6)
+    grads = []
+    for mode in (backward, "generic"):
+        Xg = X.clone().requires_grad_(True)
+        res = solve_group_sparse_svm(Xg, labels, 3, lam_ratio=1.0, tol=1e-12, backward=mode)
+        assert float(res.features_used.max()) == 0.0
+        loss = (
+            res.weights.sum()
+            + (res.dual * torch.linspace(0, 1, res.dual.numel()).view_as(res.dual)).sum()
+        )
+        (g,) = torch.autograd.grad(loss, Xg)
+        grads.append(g)
+    assert torch.count_nonzero(grads[0]) == 0
+    assert torch.allclose(grads[0], grads[1], atol=1e-12)
+
+
 @pytest.mark.parametrize("lam_ratio", [0.1, 0.4, 0.7])
 def test_backward_solvers_agree_on_sparse_solution(lam_ratio):
     # 0.1: nearly all features active (the CG backward works on all of X); 0.7: at most 60%

@@ -93,9 +93,14 @@ CG_TOL = {torch.float64: 1e-11, torch.float32: 1e-5}
 # features active it loses (0.97-3.5).
 DIRECT_FACE = 128
 DIRECT_ACTIVE = 0.25
-# The "auto" backward runs CG only beyond tiny episodes, n·K·p > CG_MIN_SIZE; below, the dense
-# system is at most a few hundred coordinates. Not from a recorded measurement.
+# The "auto" backward solves the dense system only on tiny episodes: n·K·p ≤ CG_MIN_SIZE and at
+# most DENSE_MAX_COORDS dual coordinates n·K (its cost grows as (n·K)³, CG's as n·K·p per
+# product). Backward time dense / CG, one episode, λ1/λ_max = 0.1 and 0.5, 1 thread
+# (benchmarks/results/small_backward.json, AMD EPYC): 0.20-1.27 up to n·K = 500 (5-way 1- to
+# 15-shot, 20-way 1-shot, 10-way 5-shot), 3.0-38 at n·K = 2000 and 4212 (20-way 5-shot and
+# 18-way 13-shot at p = 4-8: up to 5.3 s dense against 0.21 s by CG; the fuzz found them).
 CG_MIN_SIZE = 2e4
+DENSE_MAX_COORDS = 512
 # The CG backward works on the active features only (gathered) when at most GATHER_ACTIVE of
 # the features are active. Not from a recorded measurement.
 GATHER_ACTIVE = 0.6

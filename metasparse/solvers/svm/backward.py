@@ -39,11 +39,14 @@ from metasparse.solvers.svm.problem import (
 
 def use_cg_backward(solve: str, tau: float, n: int, K: int, p: int) -> bool:
     """Whether the SVM backward runs matrix-free CG (``"cg"``, or ``"auto"`` beyond tiny
-    episodes, ``n·K·p > tuning.CG_MIN_SIZE``) rather than the dense system; never at τ = 0,
-    where the system may be singular and only the dense min-norm solve is right."""
+    episodes: ``n·K·p > tuning.CG_MIN_SIZE`` or more than ``tuning.DENSE_MAX_COORDS`` dual
+    coordinates ``n·K``, where the dense system's cubic cost dominates) rather than the dense
+    system; never at τ = 0, where the system may be singular and only the dense min-norm
+    solve is right."""
     if solve not in ("auto", "dense", "cg"):
         raise ValueError(f"backward solve must be 'auto', 'dense' or 'cg', got {solve!r}")
-    return tau > 0 and (solve == "cg" or (solve == "auto" and n * K * p > tuning.CG_MIN_SIZE))
+    tiny = n * K * p <= tuning.CG_MIN_SIZE and n * K <= tuning.DENSE_MAX_COORDS
+    return tau > 0 and (solve == "cg" or (solve == "auto" and not tiny))
 
 
 def svm_backward_cg(
@@ -91,6 +94,9 @@ def svm_backward_cg(
     act = safe > lam
     p_full = X.shape[2]
     n_act = int(act.sum(1).max())
+    if n_act == 0:  # W = 0 on a neighbourhood of X: no feature moves it, nor λ1
+        gX = torch.zeros_like(X)
+        return (gX, torch.zeros_like(lam1)) if want_lam1 else gX
     c = torch.where(act, lam / safe, torch.zeros_like(safe))  # λ1/‖M_j‖ on active features
     # preconditioner curvature per feature: 1 on active features (the top of the Hessian's own
     # range [1 − c_j, 1]), 0 elsewhere (or 1 in the forward's set S, see below). 15-shot, 5-way,
@@ -208,7 +214,12 @@ class _SVMDualRoot(torch.autograd.Function):
         if use_cg_backward(solve, tau, n, K, X.shape[2]):
             gX, glam = _cg_grads(alpha, Xd, Y, lam1, lam2, tau, grad_alpha, want_lam1=want_lam)
             return None, gX if want_x else None, None, glam, None
-        st = svm_structure(alpha, Xd, Y, lam1, lam2, tau)
+        Mt = products.left((Y - alpha).to(Xd.dtype).transpose(1, 2), Xd)
+        if not bool((column_norms(Mt) > lam1.to(Mt.dtype).unsqueeze(-1)).any()):
+            # no active feature: ∇D depends on neither X nor λ1 near α (BST is 0 around M)
+            zx, zl = torch.zeros_like(X), torch.zeros_like(lam1)
+            return None, zx if want_x else None, None, zl if want_lam else None, None
+        st = svm_structure(alpha, Xd, Y, lam1, lam2, tau, Mt=Mt)
         u = solve_on_face(st, lam2, grad_alpha, project=True).to(X.dtype)
         with torch.enable_grad():
             Xg = Xd.requires_grad_(True)
