@@ -87,10 +87,10 @@ CG_TOL = {torch.float64: 1e-11, torch.float32: 1e-5}
 # Sparse solutions (at most DIRECT_ACTIVE of the features active) with faces of at most
 # DIRECT_FACE coordinates (max over the batch) are solved directly, by one dense s × s system
 # built in feature chunks, instead of by CG, whose step count grows with sparsity. Backward
-# time direct / CG, 8 episodes of 5-way (benchmarks/head_speed.md, item 9): at λ1/λ_max = 0.5
-# (6-21% of features active) 0.70 / 0.84 (1-shot, p = 2560 / 16000) and 0.89-0.90 (5-shot,
-# p = 1600 / 2560 / 16000), but 1.6 at 15-shot p = 2560 (s up to 375); with 55-100% of the
-# features active it loses (0.97-3.5).
+# time direct / CG, 8 episodes of 5-way (benchmarks/head_speed_history.md, item 9): at
+# λ1/λ_max = 0.5 (6-21% of features active) 0.70 / 0.84 (1-shot, p = 2560 / 16000) and
+# 0.89-0.90 (5-shot, p = 1600 / 2560 / 16000), but 1.6 at 15-shot p = 2560 (s up to 375); with
+# 55-100% of the features active it loses (0.97-3.5).
 DIRECT_FACE = 128
 DIRECT_ACTIVE = 0.25
 # The "auto" backward solves the dense system only on tiny episodes: n·K·p ≤ CG_MIN_SIZE and at
