@@ -22,7 +22,6 @@ from collections.abc import Callable
 
 import torch
 
-from metasparse.heads.svm_cs import SVMCSHead
 from metasparse.solvers import lambda_max, products, solve_group_sparse_svm
 from metasparse.solvers.pgd_baseline import pgd_group_sparse_svm
 from metasparse.utils import atomic_write_bytes, cpu_name
@@ -78,6 +77,10 @@ def _timed(fn: Callable[[], dict], device: str) -> tuple[float, dict]:
 
 def run(args: argparse.Namespace) -> list[dict]:
     """Time every method on every configuration; return one row per (config, method)."""
+    # imported here, not at the top, so that the helpers above import without qpth
+    # (benchmarks/gpu_check.py reports a missing qpth in its rows instead of failing)
+    from metasparse.heads.svm_cs import SVMCSHead
+
     rows = []
     for shot in sorted(args.shots, reverse=True):
         for p in args.dims:
