@@ -217,3 +217,32 @@ def test_config_sweep_refuses_checkpoint_only_and_unknown_keys(tmp_path, capsys)
     assert "nope" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["sweep", "--output", "x"])  # neither --checkpoint nor --config
+
+
+def test_staged_warm_started_re_solves_decide_features_as_one_tight_solve(monkeypatch):
+    # the sweep decides the features a 1e-5 solve leaves open by float64 re-solves at 1e-7 and
+    # then 1e-10, each warm-started: the gap-safe test is safe at any gap, so the statistics
+    # are those of one cold solve at 1e-10 wherever that decides every feature
+    from metasparse.heads.group_sparse_svm import GroupSparseSVMHead
+    from metasparse.sweep import measure
+
+    gen = torch.Generator().manual_seed(5)
+    way, shot, p, T = 5, 5, 40, 6
+    y = torch.arange(way).repeat_interleave(shot).expand(T, -1)
+    X = (
+        torch.randn(T, way, p, generator=gen)[:, y[0]]
+        + torch.randn(T, way * shot, p, generator=gen)
+    ).relu()
+    batch = {"support": X, "support_labels": y, "query": X[:, :3]}
+    stats = {}
+    for tols in ((1e-10,), measure.TIGHT_TOLS):
+        monkeypatch.setattr(measure, "TIGHT_TOLS", tols)
+        clf = measure._SparseClassifier(GroupSparseSVMHead(lam_ratio=0.3), way)
+        with torch.no_grad():
+            clf(batch)
+        stats[tols] = clf
+    staged, single = stats[measure.TIGHT_TOLS], stats[(1e-10,)]
+    assert sum(single.per_task["tightened"]) > 0  # the 1e-5 solve left features open
+    assert max(single.per_task["features_undetermined"]) == 0.0
+    assert staged.per_task == single.per_task
+    assert all((a == b).all() for a, b in zip(staged.masks, single.masks, strict=True))
