@@ -253,8 +253,24 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     cfg_file = tmp_path / "killed.yaml"
     cfg_file.write_text(yaml.safe_dump(cfg.to_dict()))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # the child is `metasparse train` whose steps past the 7th each last a second more, so that
+    # the steps 8-11 the kill aims at cannot all pass between two polls on a busy machine
+    child_script = tmp_path / "slow_train.py"
+    child_script.write_text(
+        "import sys, time\n"
+        "from metasparse import training\n"
+        "from metasparse.cli import main\n"
+        "step = training.Trainer.step\n"
+        "def slow_step(self, batch):\n"
+        "    out = step(self, batch)\n"
+        "    if self.global_step >= 7:\n"
+        "        time.sleep(1.0)\n"
+        "    return out\n"
+        "training.Trainer.step = slow_step\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
     child = subprocess.Popen(
-        [sys.executable, "-m", "metasparse", "train", "--config", str(cfg_file), "--no-progress"],
+        [sys.executable, str(child_script), "train", "--config", str(cfg_file), "--no-progress"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
