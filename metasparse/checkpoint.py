@@ -7,6 +7,7 @@ replaces as ``previous.pt``, which ``metasparse train --resume previous`` contin
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
@@ -19,6 +20,7 @@ import torch
 
 from metasparse.config import Config, from_dict
 from metasparse.model import FewShotModel
+from metasparse.precision import check_autocast
 from metasparse.utils import atomic_torch_save
 
 FORMAT = "metasparse-checkpoint-v1"  # the state dict's tag (v1 files are the bare state)
@@ -97,7 +99,10 @@ MODEL_KEYS = ("config", "in_channels", "model")  # what testing a checkpoint nee
 
 
 def load_model_state(model: torch.nn.Module, state: dict[str, Any], where: str) -> None:
-    """``model.load_state_dict(state)``, a mismatch raised as a ValueError naming the fix."""
+    """``model.load_state_dict(state)``, a mismatch raised as a ValueError naming the fix. Keys
+    of a module wrapped by ``torch.compile`` (``…_orig_mod.…``) load as the plain module's."""
+    if any("_orig_mod." in k for k in state):
+        state = {k.replace("_orig_mod.", ""): v for k, v in state.items()}
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
@@ -112,9 +117,12 @@ def load_model_state(model: torch.nn.Module, state: dict[str, Any], where: str) 
 def model_from_checkpoint(
     ckpt: dict[str, Any], device: torch.device | str = "cpu"
 ) -> tuple[FewShotModel, Config]:
-    """Rebuild the model and its config from a loaded checkpoint (eval mode)."""
+    """Rebuild the model and its config from a loaded checkpoint (eval mode), in the backbone
+    precision it trained in; not compiled (``model.compile`` is a training option)."""
     cfg = from_dict(ckpt["config"])
-    model = FewShotModel.from_config(cfg.model, in_channels=int(ckpt["in_channels"]))
+    check_autocast(cfg.model.backbone_precision, torch.device(device), loss_scaling=False)
+    model_cfg = dataclasses.replace(cfg.model, compile=False)
+    model = FewShotModel.from_config(model_cfg, in_channels=int(ckpt["in_channels"]))
     load_model_state(model, ckpt["model"], "the checkpoint")
     return model.to(device).eval(), cfg
 
@@ -138,6 +146,7 @@ _RESUMABLE_CHANGES = {
     "train.checkpoint_minutes",
     "train.device",
     "model.channels_last",
+    "model.compile",
     "data.num_workers",
     "data.root",
 }

@@ -40,6 +40,13 @@ class ModelConfig:
     # the backbone's activations in channels-last (NHWC) memory format: same results up to
     # round-off, faster convolutions on CPUs (benchmarks/loop_overhead.py)
     channels_last: bool = False
+    # float32 | bfloat16 | float16: the backbone's forward (training, validation, test) under
+    # torch.autocast to that dtype, its weights kept in float32; the head always gets float32
+    # features. float16 trains with a loss scaler (torch.amp.GradScaler). README, "Mixed
+    # precision and torch.compile"; measured in benchmarks/results/loop_overhead_precision.json
+    backbone_precision: str = "float32"
+    # torch.compile the backbone for training (Inductor; on CPUs it needs a C++ compiler)
+    compile: bool = False
 
 
 @dataclass
@@ -166,6 +173,9 @@ def _require(ok: bool, key: str, rule: str, value: Any, fix: str) -> None:
 def check_training(cfg: Config) -> None:
     """Range checks of what training reads, each error naming the key, the rule and a fix."""
     t, v = cfg.train, cfg.val
+    from metasparse.precision import check_precision
+
+    check_precision(cfg.model.backbone_precision)
     for section, obj in (("train", t), ("val", v)):
         for key in ("way", "shot", "query", "episodes_per_batch"):
             value = getattr(obj, key)

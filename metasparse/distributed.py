@@ -236,7 +236,7 @@ def wrap_backbone(model: FewShotModel, device: torch.device) -> DistributedDataP
     params = inspect.signature(DistributedDataParallel.__init__).parameters
     no_sync = "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
     return DistributedDataParallel(
-        Embedder(model.backbone, model.channels_last),
+        Embedder(model.backbone, model.channels_last, model.precision),
         device_ids=[device.index] if device.type == "cuda" else None,
         **{no_sync: False},
     )

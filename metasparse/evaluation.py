@@ -38,10 +38,11 @@ class _FeatureDataset(FewShotDataset):
 def embed_dataset(
     model: FewShotModel, dataset: FewShotDataset, device: torch.device, batch_size: int = 256
 ) -> torch.Tensor:
-    """Backbone features (N, d) of every item, in eval mode (so independent of batching)."""
+    """Backbone features (N, d) of every item, in eval mode (so independent of batching), under
+    the model's ``backbone_precision`` autocast (float32 features whatever it is)."""
     model.eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    chunks = [model.backbone(images.to(device)).flatten(1) for images, _ in loader]
+    chunks = [model.features(images.to(device)) for images, _ in loader]
     return torch.cat(chunks)
 
 

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from metasparse.backbones import build_backbone
 from metasparse.heads import Head, build_head
 from metasparse.heads.base import HeadStats
+from metasparse.precision import PRECISIONS, backbone_autocast, check_precision
 
 
 def build_component(kind: str, builder: Any, name: str, options: dict[str, Any]) -> Any:
@@ -22,15 +23,32 @@ def build_component(kind: str, builder: Any, name: str, options: dict[str, Any])
 
 
 class FewShotModel(nn.Module):
-    """Embeds support and query images in one backbone pass, then lets the head classify."""
+    """Embeds support and query images in one backbone pass, then lets the head classify.
 
-    def __init__(self, backbone: nn.Module, head: Head, channels_last: bool = False) -> None:
+    ``precision`` bfloat16/float16 runs the backbone under ``torch.autocast`` (its weights stay
+    float32) and casts its features to float32 before the head, whose solver never sees half
+    precision. ``compile_backbone`` compiles the backbone in place (``nn.Module.compile``), so
+    its parameters and state-dict keys are those of the plain module.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: Head,
+        channels_last: bool = False,
+        precision: str = "float32",
+        compile_backbone: bool = False,
+    ) -> None:
         super().__init__()
+        check_precision(precision)
         self.backbone = backbone
         self.head = head
         self.channels_last = channels_last
+        self.precision = precision
         if channels_last:
             backbone.to(memory_format=torch.channels_last)
+        if compile_backbone:
+            backbone.compile()  # no wrapper module: no "_orig_mod." in the state-dict keys
 
     @classmethod
     def from_config(cls, model_cfg: Any, in_channels: int) -> FewShotModel:
@@ -38,7 +56,17 @@ class FewShotModel(nn.Module):
         backbone_options = {"in_channels": in_channels, **model_cfg.backbone_options}
         backbone = build_component("backbone", build_backbone, model_cfg.backbone, backbone_options)
         head = build_component("head", build_head, model_cfg.head, dict(model_cfg.head_options))
-        return cls(backbone, head, channels_last=model_cfg.channels_last)
+        return cls(
+            backbone,
+            head,
+            channels_last=model_cfg.channels_last,
+            precision=model_cfg.backbone_precision,
+            compile_backbone=model_cfg.compile,
+        )
+
+    def features(self, images: Tensor) -> Tensor:
+        """(N, C, H, W) images → (N, d) float32 features, under the backbone's autocast."""
+        return backbone_features(self.backbone, images, self.precision)
 
     def embed(
         self, support: Tensor, query: Tensor, group_episodes: int = 0
@@ -46,7 +74,9 @@ class FewShotModel(nn.Module):
         """(tasks, n, C, H, W) images → (tasks, n, d) features, support and query together;
         ``group_episodes`` > 0 embeds the tasks in groups of that many (see
         :func:`embed_episodes`)."""
-        return embed_episodes(self.backbone, support, query, self.channels_last, group_episodes)
+        return embed_episodes(
+            self.backbone, support, query, self.channels_last, group_episodes, self.precision
+        )
 
     def forward(
         self, support: Tensor, support_labels: Tensor, query: Tensor, n_way: int
@@ -56,8 +86,16 @@ class FewShotModel(nn.Module):
         return self.head(f_q, f_s, support_labels, n_way)
 
 
+def backbone_features(backbone: nn.Module, images: Tensor, precision: str = "float32") -> Tensor:
+    """``backbone(images)`` flattened to (N, d); under bfloat16/float16 autocast, cast back to
+    float32 here, at the backbone/head boundary (the head's solver needs float32 or more)."""
+    with backbone_autocast(precision, images.device.type):
+        feats = backbone(images).flatten(1)
+    return feats if PRECISIONS[precision] is None else feats.float()
+
+
 def _embed_all(
-    backbone: nn.Module, support: Tensor, query: Tensor, channels_last: bool
+    backbone: nn.Module, support: Tensor, query: Tensor, channels_last: bool, precision: str
 ) -> tuple[Tensor, Tensor]:
     """One backbone pass over every support and query image of the batch."""
     tasks, n_s = support.shape[:2]
@@ -65,7 +103,7 @@ def _embed_all(
     images = torch.cat([support.flatten(0, 1), query.flatten(0, 1)])
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    feats = backbone(images).flatten(1)
+    feats = backbone_features(backbone, images, precision)
     f_s = feats[: tasks * n_s].reshape(tasks, n_s, -1)
     f_q = feats[tasks * n_s :].reshape(tasks, n_q, -1)
     return f_s, f_q
@@ -80,9 +118,11 @@ def embed_episodes(
     query: Tensor,
     channels_last: bool = False,
     group_episodes: int = 0,
+    precision: str = "float32",
 ) -> tuple[Tensor, Tensor]:
     """Features of a batch of episodes; ``group_episodes`` > 0 runs the backbone on groups of
     that many episodes, so that BatchNorm normalises each group over its own images.
+    ``precision``: see :func:`backbone_features`.
 
     That is what each process of a distributed run does with its share of the batch, so one
     process grouped by ``episodes_per_batch / N`` computes what N processes compute. Each
@@ -92,7 +132,7 @@ def embed_episodes(
     """
     tasks = support.shape[0]
     if group_episodes <= 0 or group_episodes >= tasks:
-        return _embed_all(backbone, support, query, channels_last)
+        return _embed_all(backbone, support, query, channels_last, precision)
     if tasks % group_episodes:
         raise ValueError(
             f"group_episodes={group_episodes} must divide the {tasks} episodes of the batch; "
@@ -113,7 +153,7 @@ def embed_episodes(
             for k, b in buffers.items():
                 setattr(m, k, b.clone())
         group = slice(first, first + group_episodes)
-        parts.append(_embed_all(backbone, support[group], query[group], channels_last))
+        parts.append(_embed_all(backbone, support[group], query[group], channels_last, precision))
         with torch.no_grad():
             for m, (mean, var) in zip(norms, sums, strict=True):
                 mean += m.running_mean
@@ -129,16 +169,21 @@ class Embedder(nn.Module):
     training wraps in DistributedDataParallel (the step back-propagates head and backbone
     apart, so the head's few parameters are averaged separately)."""
 
-    def __init__(self, backbone: nn.Module, channels_last: bool = False) -> None:
+    def __init__(
+        self, backbone: nn.Module, channels_last: bool = False, precision: str = "float32"
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.channels_last = channels_last
+        self.precision = precision
 
     def forward(
         self, support: Tensor, query: Tensor, group_episodes: int = 0
     ) -> tuple[Tensor, Tensor]:
         """:func:`embed_episodes` with this backbone."""
-        return embed_episodes(self.backbone, support, query, self.channels_last, group_episodes)
+        return embed_episodes(
+            self.backbone, support, query, self.channels_last, group_episodes, self.precision
+        )
 
 
 def resolve_device(name: str) -> torch.device:

@@ -30,6 +30,7 @@ from metasparse.data import FewShotDataset, build_dataset
 from metasparse.evaluation import evaluate
 from metasparse.model import FewShotModel
 from metasparse.optim import OPTIMIZERS, lr_factor, make_optimizer
+from metasparse.precision import check_backbone_options, make_scaler, optimizer_step, scaler_skips
 from metasparse.utils import all_finite, atomic_torch_save, atomic_write_json, seed_everything
 
 
@@ -65,6 +66,7 @@ class Trainer:
                 f"unknown train.optimizer {t.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"
             )
 
+        check_backbone_options(cfg.model, self.device)  # precision and compile on this device
         seed_everything(t.seed)
         data = cfg.data
         self.train_set = self._dataset(data.train_split, augment=data.augment)
@@ -73,6 +75,7 @@ class Trainer:
         self.in_channels = in_channels
         self.model = FewShotModel.from_config(cfg.model, in_channels).to(self.device)
         self.optimizer = make_optimizer(self.model, t)
+        self.scaler = make_scaler(cfg.model.backbone_precision, self.device)  # float16 only
         self.epoch = 0  # epoch in progress
         self.step_in_epoch = 0  # batches of that epoch already done
         self.global_step = 0
@@ -114,11 +117,13 @@ class Trainer:
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
+        scaler = {} if self.scaler is None else {"scaler": self.scaler.state_dict()}
         return {
             "config": self.cfg.to_dict(),
             "in_channels": self.in_channels,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            **scaler,
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
             "global_step": self.global_step,
@@ -139,6 +144,8 @@ class Trainer:
                 f"the optimizer state in checkpoints/last.pt does not fit train.optimizer "
                 f"{self.cfg.train.optimizer!r} and the model's parameters ({exc})"
             ) from exc
+        if self.scaler is not None and "scaler" in ckpt:  # float16 runs: the loss scale
+            self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch, self.step_in_epoch = int(ckpt["epoch"]), int(ckpt["step_in_epoch"])
         self.global_step = int(ckpt["global_step"])
         self.best_val, self.best_epoch = float(ckpt["best_val"]), int(ckpt["best_epoch"])
@@ -179,21 +186,24 @@ class Trainer:
             batch["query_labels"].reshape(-1),
             label_smoothing=self.cfg.train.label_smoothing,
         )
-        loss.backward()  # meta-gradient through the head → features (and head parameters)
+        # meta-gradient through the head → features (and head parameters); float16 scales it
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
         _sync(dev)
         t2 = time.perf_counter()
         torch.autograd.backward([f_s, f_q], [h_s.grad, h_q.grad])  # … → backbone parameters
         if self.dist.enabled:  # the means over the processes: the global batch's values
             metrics = dist.average_step_(self.model, self._metrics(logits, loss, stats, batch))
             loss = torch.tensor(metrics["loss"], device=dev)
-        self._check_finite(loss, batch, stats)  # before the step: the weights stay good
-        self.optimizer.step()
+        # checked before the step, so the weights stay good (float16: the scaler may skip it)
+        amp = optimizer_step(
+            self.optimizer, self.scaler, lambda: self._check_finite(loss, batch, stats)
+        )
         _sync(dev)
         t3 = time.perf_counter()
         times = {"head": t2 - t1, "backbone": (t1 - t0) + (t3 - t2)}
         if not self.dist.enabled:
             metrics = self._metrics(logits, loss, stats, batch)
-        return metrics, times
+        return {**metrics, **amp}, times
 
     @staticmethod
     def _metrics(
@@ -204,18 +214,21 @@ class Trainer:
 
     def _check_finite(
         self, loss: torch.Tensor, batch: dict[str, torch.Tensor], stats: dict[str, Any]
-    ) -> None:
+    ) -> bool:
         """Stop before a non-finite loss or gradient reaches the weights; save the batch, the
-        head's statistics and the names of the bad gradients for debugging."""
+        head's statistics and the names of the bad gradients for debugging. Returns whether
+        float16's loss scaler skips the step instead (overflowed gradients, finite loss)."""
         grads = [(n, p.grad) for n, p in self.model.named_parameters() if p.grad is not None]
         # one reduction and one host sync per step; only a non-finite (or overflowed) sum
         # looks parameter by parameter
         sums = torch.stack([loss.detach().float(), *(g.float().sum() for _, g in grads)])
         if all_finite(sums):
-            return
+            return False
         bad = [n for n, g in grads if not bool(torch.isfinite(g).all())]
         if bool(torch.isfinite(loss)) and not bad:
-            return
+            return False
+        if scaler_skips(self.scaler, loss):
+            return True
         # every process saves its own share of the batch (the loss is the global batch's)
         rank = f"_rank{self.dist.rank}" if self.dist.enabled else ""
         dump = self.run_dir / f"nonfinite_step{self.global_step}{rank}.pt"
@@ -230,11 +243,15 @@ class Trainer:
             dump,
         )
         what = f"loss {loss.item()}" if not bool(torch.isfinite(loss)) else "a gradient"
+        if self.scaler is not None and what == "a gradient":
+            what += f" (float16, even at loss scale {self.scaler.get_scale():g})"
         raise FloatingPointError(
             f"training stopped at step {self.global_step}: {what} is not finite "
             f"({len(bad)} parameter(s) with non-finite gradients, e.g. {bad[:3]}); the weights "
             f"were not updated. Batch and head statistics saved to {dump}. Lower train.lr, "
-            "check the head's options, or resume from checkpoints/last.pt"
+            "check the head's options"
+            + (", use model.backbone_precision=bfloat16" if self.scaler is not None else "")
+            + ", or resume from checkpoints/last.pt"
         )
 
     # ----------------------------------------------------------------- the loop
@@ -360,7 +377,7 @@ class Trainer:
         for key, value in means.items():
             tag = (
                 key
-                if key.startswith("time/")
+                if key.startswith(("time/", "amp/"))
                 else (f"train/{key}" if key in ("loss", "accuracy") else f"head/{key}")
             )
             writer.add_scalar(tag, value, self.global_step)
