@@ -849,15 +849,20 @@ def test_lam_max_gradient_matches_finite_differences_of_the_output(
     fixed = solve_group_sparse_svm(Xg, labels, 3, backward=mode, lam1_grad="fixed", **kw)
     (g_fixed,) = torch.autograd.grad((fixed.weights * C).sum(), Xg)
     D = torch.randn(X.shape, generator=torch.Generator().manual_seed(3), dtype=X.dtype)
-    eps = 1e-6  # at 1e-5 the curvature of this episode leaves a 1e-4 truncation error
+    # The difference quotient errs by the truncation (≤ 1.2e-7 at ε = 1e-4 on this episode,
+    # measured at ε = 1e-4 … 1e-3) plus the solves' error over ε: certified at a 1e-14 gap,
+    # the weights at X ± εD still differ from the optimum's by up to ~2e-9 depending on the
+    # CPU's round-off (Intel's MKL path moved the quotient by 1e-3 at ε = 1e-6), so ≤ 2e-5 at
+    # ε = 1e-4. Hence ε = 1e-4 and a 1e-4 tolerance, which still separates the constant-λ1
+    # gradient (off by 0.02-0.1 here).
+    eps = 1e-4
     with torch.no_grad():
         fp = (solve_group_sparse_svm(X + eps * D, labels, 3, **kw).weights * C).sum()
         fm = (solve_group_sparse_svm(X - eps * D, labels, 3, **kw).weights * C).sum()
     fd = float((fp - fm) / (2 * eps))
-    # as in test_gradient_matches_finite_differences: cold starts on both sides, 1e-5
-    assert abs(float((g * D).sum()) - fd) <= 1e-5 * max(1.0, abs(fd))
+    assert abs(float((g * D).sum()) - fd) <= 1e-4 * max(1.0, abs(fd))
     # and the constant-λ1 gradient is a different one (the test can tell them apart)
-    assert abs(float((g_fixed * D).sum()) - fd) > 1e-3 * max(1.0, abs(fd))
+    assert abs(float((g_fixed * D).sum()) - fd) > 1e-2 * max(1.0, abs(fd))
 
 
 def test_lam_max_gradient_leaves_values_and_the_fixed_gradient_alone():
