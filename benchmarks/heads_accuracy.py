@@ -117,6 +117,13 @@ def main() -> None:
     p.add_argument("--output-dir", default=None, help="default: runs/bench_<dataset>")
     p.add_argument("--skip-train", action="store_true", help="reuse existing checkpoints")
     p.add_argument(
+        "--test-checkpoint",
+        choices=("best", "last"),
+        default="best",
+        help="test best.pt (best validation) or last.pt (the fixed budget: for runs that train "
+        "on train + val, whose validation classes are seen in training)",
+    )
+    p.add_argument(
         "--resume", action="store_true", help="continue an interrupted run from its last.pt"
     )
     p.add_argument(
@@ -166,9 +173,9 @@ def main() -> None:
             p.error(f"{args.config} trains head {cfg.model.head!r}, not {head!r}")
         if not args.skip_train:
             train(cfg, resume=args.resume, progress=True)
-        ckpt = load_checkpoint(cfg.run_dir / "checkpoints/best.pt")
         last = load_checkpoint(cfg.run_dir / "checkpoints/last.pt")
-        model, _ = model_from_checkpoint(ckpt)
+        ckpt = load_checkpoint(cfg.run_dir / "checkpoints/best.pt")
+        model, _ = model_from_checkpoint(last if args.test_checkpoint == "last" else ckpt)
         test_head = None
         if args.test_head:
             from metasparse.heads import build_head
@@ -202,6 +209,7 @@ def main() -> None:
             "machine": machine,
             "config": cfg.to_dict(),
             "test_head": test_head,
+            "tested_checkpoint": f"{args.test_checkpoint}.pt",
             "train_seconds": train_seconds(last["history"]),
             "test_seconds": time.perf_counter() - start,
             "steps": cfg.train.epochs * cfg.train.batches_per_epoch,
