@@ -142,7 +142,9 @@ val: {way: 5, shot: 1, query: 2, episodes: 2}
     return path
 
 
-def test_config_sweep_trains_each_setting_and_resumes_without_redoing(tmp_path, monkeypatch):
+def test_config_sweep_trains_each_setting_and_resumes_without_redoing(
+    tmp_path, monkeypatch, capsys
+):
     import metasparse.sweep.runs as runs
     from metasparse.training import Trainer
 
@@ -208,6 +210,12 @@ def test_config_sweep_trains_each_setting_and_resumes_without_redoing(tmp_path, 
     tested.clear()
     assert main(argv) == 0
     assert fits == [] and tested == []
+    # the same output with other training settings: refused, not served the old runs
+    capsys.readouterr()
+    assert main([*argv, "train.lr=0.5"]) == 2
+    assert fits == [] and tested == []
+    err = capsys.readouterr().err
+    assert "holds a run of another config" in err and "train.lr" in err and "--output" in err
 
 
 def test_config_sweep_refuses_checkpoint_only_and_unknown_keys(tmp_path, capsys):

@@ -16,7 +16,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from metasparse.checkpoint import load_checkpoint, model_from_checkpoint
+from metasparse.checkpoint import check_resumable, load_checkpoint, model_from_checkpoint
 from metasparse.config import Config, load_config
 from metasparse.model import resolve_device
 from metasparse.sweep.backbone import measure_heads
@@ -64,6 +64,13 @@ def train_run(cfg: Config, progress: bool) -> dict[str, Any]:
     last = cfg.run_dir / "checkpoints" / "last.pt"
     if last.is_file():
         ckpt = load_checkpoint(last)
+        try:  # a run trained under other settings must not stand in for this one
+            check_resumable(ckpt, cfg)
+        except ValueError as exc:
+            raise ValueError(
+                f"{cfg.run_dir} holds a run of another config than this sweep's ({exc}); "
+                "sweep into another --output, or remove that run folder to train it again"
+            ) from exc
         if ckpt["epoch"] >= cfg.train.epochs:
             return {"trained": False, "history": ckpt["history"]}
     trainer = Trainer(cfg, resume=last.is_file(), progress=progress)
