@@ -89,6 +89,26 @@ def test_the_certificate_holds_for_the_float32_weights_the_head_uses():
     assert record["status"] in ("certified", "fallback")
 
 
+def test_a_false_certificate_of_the_classifier_the_head_used_is_caught(monkeypatch):
+    # the check certifies the forward's own solution: weights that are not the optimum's,
+    # reported converged, must fail it
+    import dataclasses
+
+    from metasparse.fuzz import HeadPropertyError
+    from metasparse.heads.group_sparse_svm import GroupSparseSVMHead
+
+    solve = GroupSparseSVMHead.solve
+
+    def off_optimum(self, *args, **kwargs):
+        res = solve(self, *args, **kwargs)
+        return dataclasses.replace(res, weights=1.5 * res.weights)
+
+    monkeypatch.setattr(GroupSparseSVMHead, "solve", off_optimum)
+    spec = EpisodeSpec(5, 3, 2, 16, 1.0, "gaussian", "float64", 0.1, 7)
+    with pytest.raises(HeadPropertyError, match="recomputed gap"):
+        check_head("group_sparse_svm", spec)
+
+
 def test_svm_cs_solves_in_float64_when_the_float32_qp_is_not_positive_definite():
     record = check_head("svm_cs", QP_NOT_PD)  # qpth: "Q is not SPD" in float32
     assert record["status"] == "ok"
