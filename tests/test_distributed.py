@@ -11,13 +11,14 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from test_training import tiny_config
 
 from metasparse.checkpoint import load_checkpoint
-from metasparse.config import from_dict
 from metasparse.data import build_dataset
 from metasparse.data.episodes import episode_loader
 from metasparse.model import FewShotModel
@@ -28,37 +29,11 @@ WORLD = 2
 
 
 def small_config(tmp: Path, name: str, **train_overrides) -> object:
-    """A few steps of a tiny Conv-4 ProtoNet on the glyphs; 4 episodes per batch, so each of
-    the two processes embeds 2."""
-    train_cfg = {
-        "way": 5,
-        "shot": 1,
-        "query": 3,
-        "episodes_per_batch": 4,
-        "batches_per_epoch": 3,
-        "epochs": 1,
-        "lr": 0.05,
-        "lr_schedule": [[1, 0.5]],
-        "log_every": 1,
-        "seed": 3,
-        "device": "cpu",
-    }
-    train_cfg.update(train_overrides)
-    return from_dict(
-        {
-            "name": name,
-            "output_dir": str(tmp / name),
-            "data": {"name": "glyphs", "augment": False},
-            "model": {
-                "backbone": "conv4",
-                "backbone_options": {"hidden": 16, "out_channels": 16},
-                "head": "proto",
-            },
-            "train": train_cfg,
-            # 10 episodes in batches of 4: three batches, split 1 + 2 between the processes
-            "val": {"way": 5, "shot": 1, "query": 3, "episodes": 10, "episodes_per_batch": 4},
-        }
-    )
+    """A few steps of a tiny Conv-4 ProtoNet on the glyphs (test_training's tiny config); 4
+    episodes per batch, so each of the two processes embeds 2, and 10 validation episodes in
+    batches of 4: three batches, split 1 + 2 between the processes."""
+    shape = {"episodes_per_batch": 4, "batches_per_epoch": 3, "epochs": 1, "log_every": 1}
+    return tiny_config(tmp, name, val_episodes=10, **{**shape, "device": "cpu", **train_overrides})
 
 
 def _recording(trainer: Trainer) -> list[float]:
@@ -138,13 +113,17 @@ def _scenarios(rank: int, tmp: Path) -> dict:
     return out
 
 
-def _entry(rank: int, world: int, rendezvous: str, tmp: str) -> None:
+def run_scenarios(
+    rank: int, world: int, rendezvous: str, tmp: str, scenarios: Callable[[int, Path], dict]
+) -> None:
+    """One process of ``mp.spawn``: join the gloo group, run ``scenarios(rank, tmp)`` and save
+    what it returns as ``result_rank<r>.pt`` in ``tmp``."""
     import torch.distributed as dist
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
     try:
-        result = _scenarios(rank, Path(tmp))
+        result = scenarios(rank, Path(tmp))
     finally:
         dist.destroy_process_group()
     torch.save(result, Path(tmp) / f"result_rank{rank}.pt")
@@ -156,8 +135,8 @@ def spawned(tmp_path_factory) -> tuple[Path, list[dict]]:
     import torch.multiprocessing as mp
 
     tmp = tmp_path_factory.mktemp("ddp")
-    args = (WORLD, str(tmp / "rendezvous"), str(tmp))
-    mp.spawn(_entry, args=args, nprocs=WORLD, join=True)
+    args = (WORLD, str(tmp / "rendezvous"), str(tmp), _scenarios)
+    mp.spawn(run_scenarios, args=args, nprocs=WORLD, join=True)
     return tmp, [torch.load(tmp / f"result_rank{r}.pt") for r in range(WORLD)]
 
 

@@ -8,7 +8,6 @@ scaler's state resumes; a compiled backbone's checkpoint has the plain module's 
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 import torch
@@ -261,24 +260,13 @@ def _distributed_scenarios(rank: int, tmp) -> dict:
     return out
 
 
-def _distributed_entry(rank: int, world: int, rendezvous: str, tmp: str) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
-    try:
-        result = _distributed_scenarios(rank, Path(tmp))
-    finally:
-        dist.destroy_process_group()
-    torch.save(result, Path(tmp) / f"result_rank{rank}.pt")
-
-
 @pytest.mark.slow  # ~35 s on the loaded 2-core machine: two processes start
 def test_two_processes_train_in_bfloat16_and_skip_float16_overflows_together(tmp_path):
     import torch.multiprocessing as mp
-    from test_distributed import small_config
+    from test_distributed import run_scenarios, small_config
 
-    mp.spawn(_distributed_entry, args=(2, str(tmp_path / "rdv"), str(tmp_path)), nprocs=2)
+    args = (2, str(tmp_path / "rdv"), str(tmp_path), _distributed_scenarios)
+    mp.spawn(run_scenarios, args=args, nprocs=2)
     ranks = [torch.load(tmp_path / f"result_rank{r}.pt") for r in range(2)]
     for key in ranks[0]["fp16"]:  # every process holds the same weights
         assert torch.equal(ranks[0]["fp16"][key], ranks[1]["fp16"][key]), key

@@ -10,7 +10,7 @@ from metasparse.config import from_dict
 from metasparse.training import Trainer, lr_factor, train
 
 
-def tiny_config(tmp_path, name="run", head="proto", **train_overrides):
+def tiny_config(tmp_path, name="run", head="proto", val_episodes=8, **train_overrides):
     train_cfg = {
         "way": 5,
         "shot": 1,
@@ -35,7 +35,13 @@ def tiny_config(tmp_path, name="run", head="proto", **train_overrides):
                 "head": head,
             },
             "train": train_cfg,
-            "val": {"way": 5, "shot": 1, "query": 3, "episodes": 8, "episodes_per_batch": 4},
+            "val": {
+                "way": 5,
+                "shot": 1,
+                "query": 3,
+                "episodes": val_episodes,
+                "episodes_per_batch": 4,
+            },
         }
     )
 
