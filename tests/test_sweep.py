@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -216,6 +218,62 @@ def test_config_sweep_trains_each_setting_and_resumes_without_redoing(
     assert fits == [] and tested == []
     err = capsys.readouterr().err
     assert "holds a run of another config" in err and "train.lr" in err and "--output" in err
+
+
+def test_sweep_processes_sharing_an_output_split_the_settings(tmp_path, monkeypatch):
+    """A setting another process holds is skipped, then taken once its lock is released."""
+    import metasparse.sweep.runs as runs
+
+    base = _tiny_base_config(tmp_path / "base.yaml")
+    out = tmp_path / "sweep"
+    trained: list[str] = []
+
+    def fake_train_and_test(cfg, name, label, *args):
+        trained.append(label)
+        return [label]
+
+    monkeypatch.setattr(runs, "_train_and_test", fake_train_and_test)
+    other = runs.run_lock(out / "runs" / "group_sparse_svm@0-seed0")  # "another process"
+    assert other.__enter__() is True
+    waits: list[float] = []
+
+    def release(seconds):  # the other process finishes while this one waits
+        waits.append(seconds)
+        other.__exit__(None, None, None)
+
+    monkeypatch.setattr(runs.time, "sleep", release)
+    measured, _ = runs.run_config_sweep(
+        base, [], [0.0, 0.5], out, baselines=(), shots=[1], episodes=2, progress=False
+    )
+    assert trained == ["group_sparse_svm@0.5", "group_sparse_svm@0"]  # the free one first
+    assert waits == [runs.POLL_SECONDS]
+    assert measured == ["group_sparse_svm@0", "group_sparse_svm@0.5"]  # in the sweep's order
+
+
+def test_a_killed_sweep_process_leaves_no_setting_locked(tmp_path):
+    import metasparse.sweep.runs as runs
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    holder = subprocess.Popen(
+        [
+            sys.executable, "-c",
+            "import fcntl, sys, time\n"
+            f"f = open({str(run_dir / runs.LOCK_NAME)!r}, 'a')\n"
+            "fcntl.flock(f, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with runs.run_lock(run_dir) as mine:
+            assert not mine
+    finally:
+        holder.kill()  # SIGKILL: no cleanup runs in the holder
+        holder.wait()
+    with runs.run_lock(run_dir) as mine:
+        assert mine
 
 
 def test_config_sweep_refuses_checkpoint_only_and_unknown_keys(tmp_path, capsys):

@@ -4,12 +4,18 @@ Each setting trains from the same base config in its own folder ``OUTPUT/runs/<s
 (its checkpoints and TensorBoard log). A finished run is never trained again, an unfinished one
 resumes from its ``last.pt``, and a run's test results are kept beside it (``sweep_test.json``,
 ``sweep_arrays.npz``), so an interrupted sweep restarted with the same arguments redoes nothing
-it had finished.
+it had finished. Several sweep processes may share one ``OUTPUT`` (on one machine, or several on a
+shared file system with working ``flock``): each setting is trained by whichever process takes
+its lock first, and the others go on to the next setting, then wait for the held ones.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +34,9 @@ from metasparse.sweep.measure import (
     settings,
 )
 from metasparse.utils import atomic_write_json
+
+LOCK_NAME = "sweep.lock"
+POLL_SECONDS = 30.0  # how often a process re-checks settings other processes hold
 
 
 @dataclass(frozen=True)
@@ -129,42 +138,29 @@ def run_config_sweep(
         for s in range(seeds)
         for label, name, options in settings(ratios, list(baselines))
     ]
-    measured: list[Measured] = []
-    meta: dict[str, Any] = {}
     dev = resolve_device(device)
-    for i, (label, name, options, seed) in enumerate(plan):
-        run_dir = out / "runs" / f"{label}-seed{seed}"
-        cfg = run_config(config, overrides, name, options, seed, run_dir)
-        if progress:
-            tqdm.write(f"[{i + 1}/{len(plan)}] {label}, training seed {seed}: {run_dir}")
-        done = train_run(cfg, progress)
-        rows = _cached(run_dir, protocol)
-        if rows is None:  # the checkpoint is read only to test it
-            ckpt = load_checkpoint(run_dir / "checkpoints" / "best.pt", map_location=dev)
-            model, run_cfg = model_from_checkpoint(ckpt, dev)
-            head = model.head
-            if name == "svm_cs" and svm_cs_solver == "certified":
-                head = certified_svm_cs(head)  # its own C, jitter and learned scale
-            rows, meta = measure_heads(
-                model,
-                run_cfg,
-                [(label, name, head)],
-                ways,
-                shots,
-                query,
-                episodes,
-                episode_seed,
-                dev,
-                split=split,
-                progress=progress,
-            )
-            for m in rows:
-                m.row["seed"] = seed
-                m.row["run_dir"] = str(run_dir)
-                m.row["best_val"] = ckpt["best_val"]
-                m.row["train_seconds"] = _train_seconds(done["history"])
-            _store(run_dir, protocol, rows)
-        measured += rows
+    found: dict[int, list[Measured]] = {}
+    meta: dict[str, Any] = {}
+    pending = list(enumerate(plan))
+    while pending:
+        held = []
+        for i, (label, name, options, seed) in pending:
+            run_dir = out / "runs" / f"{label}-seed{seed}"
+            with run_lock(run_dir) as mine:
+                if not mine:  # another sweep process is on it: come back to it later
+                    held.append((i, (label, name, options, seed)))
+                    continue
+                cfg = run_config(config, overrides, name, options, seed, run_dir)
+                if progress:
+                    tqdm.write(f"[{i + 1}/{len(plan)}] {label}, training seed {seed}: {run_dir}")
+                found[i] = _train_and_test(cfg, name, label, seed, protocol, dev, progress, meta)
+        if held and len(held) == len(pending):
+            if progress:
+                names = ", ".join(f"{item[0]}-seed{item[3]}" for _, item in held)
+                tqdm.write(f"waiting for settings other sweep processes hold: {names}")
+            time.sleep(POLL_SECONDS)
+        pending = held
+    measured = [m for i in sorted(found) for m in found[i]]
     meta.update(
         config=str(config),
         overrides=overrides,
@@ -180,6 +176,71 @@ def run_config_sweep(
         train_steps=base.train.epochs * base.train.batches_per_epoch,
     )
     return measured, meta
+
+
+def _train_and_test(
+    cfg: Config,
+    name: str,
+    label: str,
+    seed: int,
+    protocol: TestProtocol,
+    dev: Any,
+    progress: bool,
+    meta: dict[str, Any],
+) -> list[Measured]:
+    """Train one setting's run (or find it trained), then test it (or find its cached test)."""
+    run_dir = cfg.run_dir
+    done = train_run(cfg, progress)
+    rows = _cached(run_dir, protocol)
+    if rows is not None:
+        return rows
+    # the checkpoint is read only to test it
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "best.pt", map_location=dev)
+    model, run_cfg = model_from_checkpoint(ckpt, dev)
+    head = model.head
+    if name == "svm_cs" and protocol.svm_cs_solver == "certified":
+        head = certified_svm_cs(head)  # its own C, jitter and learned scale
+    rows, run_meta = measure_heads(
+        model,
+        run_cfg,
+        [(label, name, head)],
+        list(protocol.ways),
+        list(protocol.shots),
+        protocol.query,
+        protocol.episodes,
+        protocol.seed,
+        dev,
+        split=protocol.split,
+        progress=progress,
+    )
+    meta.update(run_meta)
+    for m in rows:
+        m.row["seed"] = seed
+        m.row["run_dir"] = str(run_dir)
+        m.row["best_val"] = ckpt["best_val"]
+        m.row["train_seconds"] = _train_seconds(done["history"])
+    _store(run_dir, protocol, rows)
+    return rows
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[bool]:
+    """Hold ``run_dir``'s sweep lock while inside; yields False when another process holds it.
+
+    An ``flock`` on ``run_dir/sweep.lock``: the kernel drops it when its process ends, killed
+    or not, so a crashed sweep never leaves a setting locked.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / LOCK_NAME, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _train_seconds(history: list[dict[str, Any]]) -> float | None:
