@@ -7,17 +7,21 @@ input dtypes, λ1/λ_max in [0, 1]. Every head runs on it and :func:`metasparse.
 checks its properties. Records are appended to ``--work``/records.jsonl as they come, so an
 interrupted run continues where it stopped (one line per episode); the summary (counts per head
 and outcome, by dtype, support kind and scale, every failure with its spec, times) goes to
-``--output``::
+``--output``. ``--workers N`` runs N single-threaded processes side by side (records then come in
+the order episodes finish; what each episode gives does not depend on N)::
 
-    python benchmarks/fuzz_heads.py --episodes 10000 --work /tmp/fuzz \\
+    python benchmarks/fuzz_heads.py --episodes 10000 --workers 2 --work /tmp/fuzz \\
         --output benchmarks/results/fuzz_heads.json
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import math
+import multiprocessing
 import platform
 import sys
 import time
@@ -53,6 +57,12 @@ def run_episode(index: int, seed: int, max_support: int, heads: list[str]) -> li
     return out
 
 
+def _worker_init() -> None:
+    """Each worker: one thread (qpth's batched LU is unsafe with more), no warnings shown."""
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+
+
 def summarize(records: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
     """Counts per head × outcome, and per dtype / kind / scale decade, failures, times."""
     by_head: dict[str, Counter[str]] = defaultdict(Counter)
@@ -72,6 +82,7 @@ def summarize(records: list[dict[str, Any]], args: argparse.Namespace) -> dict[s
             "seed": args.seed,
             "max_support": args.max_support,
             "heads": args.heads,
+            "workers": args.workers,
         },
         "machine": {
             "platform": platform.platform(),
@@ -100,10 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--heads", nargs="+", default=list(HEADS), choices=HEADS)
     p.add_argument("--work", required=True, help="folder of records.jsonl (resumable)")
     p.add_argument("--output", default=None, help="summary JSON (default: --work/summary.json)")
+    p.add_argument("--workers", type=positive_int, default=1, help="processes, one thread each")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    torch.set_num_threads(1)  # qpth's batched LU is unsafe with more (docs/method.md §7)
-    warnings.simplefilter("ignore")  # the fallback's RuntimeWarning is checked, not shown
+    _worker_init()  # one thread: qpth's batched LU is unsafe with more (docs/method.md §7)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     log = work / "records.jsonl"
@@ -119,11 +130,24 @@ def main(argv: list[str] | None = None) -> int:
     with log.open("a", encoding="utf-8") as fh:
         if log.stat().st_size and not log.read_bytes().endswith(b"\n"):
             fh.write("\n")  # end the line a kill cut short before appending
-        for i in tqdm(todo, disable=args.no_progress, unit="episode", desc="fuzz"):
-            new = run_episode(i, args.seed, args.max_support, args.heads)
-            fh.write(json.dumps(new) + "\n")
-            fh.flush()
-            records += new
+        one = functools.partial(
+            run_episode, seed=args.seed, max_support=args.max_support, heads=args.heads
+        )
+        bar = tqdm(total=len(todo), disable=args.no_progress, unit="episode", desc="fuzz")
+        with contextlib.ExitStack() as stack:
+            if args.workers > 1:
+                pool = stack.enter_context(
+                    multiprocessing.get_context("spawn").Pool(args.workers, _worker_init)
+                )
+                results = pool.imap_unordered(one, todo)
+            else:
+                results = map(one, todo)
+            for new in results:
+                fh.write(json.dumps(new) + "\n")
+                fh.flush()
+                records += new
+                bar.update()
+        bar.close()
     summary = summarize([r for r in records if r["episode"] < args.episodes], args)
     atomic_write_json(args.output or work / "summary.json", summary)
     print(json.dumps({k: summary[k] for k in ("head_episodes", "by_head")}, indent=2))

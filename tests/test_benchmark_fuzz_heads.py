@@ -12,8 +12,9 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "fuzz_heads.py"
 
 
-def _run(work: Path, episodes: int) -> dict:
+def _run(work: Path, episodes: int, workers: int = 1) -> dict:
     cmd = [sys.executable, str(SCRIPT), "--episodes", str(episodes), "--max-support", "12"]
+    cmd += ["--workers", str(workers)]
     cmd += ["--work", str(work), "--no-progress"]
     subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO, timeout=600)
     return json.loads((work / "summary.json").read_text(encoding="utf-8"))
@@ -31,3 +32,12 @@ def test_fuzz_run_records_resumes_and_summarizes(tmp_path):
     assert second["settings"]["episodes"] == 3
     assert set(second["by_head"]) == {"proto", "ridge", "svm_cs", "group_sparse_svm"}
     assert second["head_episodes"] == sum(sum(c.values()) for c in second["by_head"].values())
+
+
+def test_fuzz_workers_give_the_same_outcomes_as_one_process(tmp_path):
+    one = _run(tmp_path / "one", 3)
+    two = _run(tmp_path / "two", 3, workers=2)
+    assert two["settings"]["workers"] == 2
+    assert two["by_head"] == one["by_head"] and two["by_kind"] == one["by_kind"]
+    lines = (tmp_path / "two" / "records.jsonl").read_text(encoding="utf-8").splitlines()
+    assert sorted(json.loads(line)[0]["episode"] for line in lines) == [0, 1, 2]
